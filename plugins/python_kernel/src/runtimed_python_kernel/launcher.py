@@ -1,0 +1,36 @@
+"""Launch ``ipykernel`` from a prepared environment."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from runtimed.launchers import KernelLauncher, LaunchContext
+
+
+class PythonKernelLauncher(KernelLauncher):
+    """``<env python> -m ipykernel_launcher -f <connection file>``."""
+
+    kernel_type = "python"
+    needs_env = True
+    interrupt_mode = "signal"
+    kernelspec: ClassVar[dict[str, str]] = {
+        "name": "python3", "display_name": "Python 3", "language": "python",
+    }
+
+    def command(self, ctx: LaunchContext) -> list[str]:
+        assert ctx.prepared_env is not None, "the python launcher needs a prepared environment"
+        return [*ctx.prepared_env.python, "-m", "ipykernel_launcher", "-f", str(ctx.connection_file)]
+
+    def environment(self, ctx: LaunchContext) -> dict[str, str]:
+        env = dict(ctx.env)
+        prepared = ctx.prepared_env
+        if prepared is not None:
+            env["VIRTUAL_ENV"] = str(prepared.prefix)
+            env["PATH"] = os.pathsep.join([str(prepared.prefix / "bin"), env.get("PATH", "")])
+        # Never let the daemon's own interpreter settings leak into the kernel's.
+        for var in ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE"):
+            env.pop(var, None)
+        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        env.setdefault("JPY_SESSION_NAME", ctx.notebook_id)
+        return env

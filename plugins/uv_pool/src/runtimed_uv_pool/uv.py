@@ -1,0 +1,121 @@
+"""Finding the ``uv`` binary and running commands as asyncio subprocesses.
+
+Everything here is pool-agnostic: :func:`run` starts one command, captures its
+output, and on cancellation or timeout kills the command's whole process group
+(uv spawns helpers, e.g. for bytecode compilation) before re-raising, so no
+process or pipe outlives the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+#: Variables that would make an environment's interpreter import something else.
+_LEAKY_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
+
+
+class CommandFailed(Exception):
+    """A command exited non-zero, timed out, or could not be started."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(self.summary())
+
+    def tail(self, lines: int = 15, chars: int = 2000) -> str:
+        """The last lines of the command's stderr: where uv puts the reason it failed."""
+        text = "\n".join(self.stderr.strip().splitlines()[-lines:])
+        return text[-chars:]
+
+    def summary(self) -> str:
+        """``<command> exited with <code>: <stderr tail>`` on one paragraph."""
+        name = " ".join(Path(self.argv[0]).name.split() + self.argv[1:3])
+        how = "timed out" if self.returncode is None else f"exited with {self.returncode}"
+        tail = self.tail()
+        return f"`{name}` {how}" + (f":\n{tail}" if tail else "")
+
+
+def find_uv() -> str:
+    """The uv executable: the one shipped by the ``uv`` PyPI package, else ``uv`` on PATH.
+
+    Raises :class:`CommandFailed` (with an install hint) when there is none.
+    """
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return found
+    raise CommandFailed(["uv"], 127, "uv not found; install it with `pip install uv`")
+
+
+def subprocess_env(*, for_python: bool = False) -> dict[str, str]:
+    """The daemon's environment, passed through (uv needs ``SSL_CERT_FILE`` and proxies).
+
+    With ``for_python``, drop variables that would make an environment's own
+    interpreter import code from outside it.
+    """
+    env = dict(os.environ)
+    if for_python:
+        for var in _LEAKY_PYTHON_VARS:
+            env.pop(var, None)
+    return env
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Run ``argv`` to completion and return its stderr (uv logs there).
+
+    Raises :class:`CommandFailed` on a non-zero exit, a timeout, or a missing
+    executable. Cancelling the caller kills the command's process group.
+    """
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise CommandFailed(argv, 127, str(exc)) from exc
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        await _kill(proc)
+        raise CommandFailed(argv, None, f"no result after {timeout} s") from None
+    except BaseException:
+        await _kill(proc)
+        raise
+    text = stderr.decode(errors="replace")
+    if proc.returncode != 0:
+        out = stdout.decode(errors="replace")
+        raise CommandFailed(argv, proc.returncode, "\n".join(s for s in (out, text) if s.strip()))
+    return text
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc``'s process group and reap it, draining its pipes so the transport closes."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    # communicate() again reads the pipes to EOF and waits; shielded so a second
+    # cancellation cannot leave a zombie or an unclosed transport behind.
+    await asyncio.shield(proc.communicate())

@@ -1,0 +1,345 @@
+"""UvPool against the real uv and package index (builds take a few seconds with a warm uv cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from runtimed.config import DaemonConfig
+from runtimed.errors import EnvironmentFailed
+from runtimed.pools import EnvRequest, PoolStatus, PreparedEnv, no_progress
+
+from runtimed_uv_pool import UvPool
+from runtimed_uv_pool.hooks import runtimed_env_pools
+
+real_builds = [pytest.mark.slow, pytest.mark.network]
+REQUEST = EnvRequest(env_source="uv:prewarmed", notebook_id="nb-1")
+MISSING_PACKAGE = "runtimed-no-such-package-xyz"
+
+
+def make_pool(tmp_path: Path, size: int = 1, packages: list[str] | None = None) -> UvPool:
+    config = DaemonConfig(
+        cache_dir=tmp_path / "cache",
+        uv_pool_size=size,
+        python=sys.executable,
+        default_packages=packages or [],
+    )
+    return UvPool(config)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 90) -> None:
+    """Poll ``predicate`` (tests only; the pool itself never polls)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for the pool"
+        await asyncio.sleep(0.05)
+
+
+def ready_dirs(pool: UvPool) -> list[Path]:
+    """Env dirs carrying a ``.warmed`` marker, as seen on disk."""
+    return sorted(p for p in pool.envs_dir.glob("uv-prewarmed-*") if (p / ".warmed").exists())
+
+
+def on_disk(pool: UvPool) -> list[str]:
+    return sorted(p.name for p in pool.envs_dir.iterdir())
+
+
+class Recorder:
+    """A Progress that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def __call__(self, phase: str, message: str) -> None:
+        self.events.append((phase, message))
+
+
+async def run_in_env(env: PreparedEnv, code: str) -> str:
+    proc = await asyncio.to_thread(
+        subprocess.run, [*env.python, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (e.g. a build directory)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and pid != str(os.getpid()):
+            found.append(cmdline)
+    return found
+
+
+# -- no builds -----------------------------------------------------------------
+
+
+def test_plugin_registers_uv_pool_through_its_entry_point() -> None:
+    assert runtimed_env_pools() == [UvPool]
+    entry = {ep.name: ep for ep in importlib.metadata.entry_points(group="runtimed")}["uv_pool"]
+    assert entry.load().runtimed_env_pools() == [UvPool]
+    assert UvPool.family == "uv" and UvPool.sources == ("uv:prewarmed",)
+
+
+def test_acquire_refuses_other_sources_and_a_stopped_pool(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path)
+
+    async def scenario() -> None:
+        with pytest.raises(EnvironmentFailed, match="uv:inline") as excinfo:
+            await pool.acquire(EnvRequest("uv:inline", "nb"), no_progress)
+        assert excinfo.value.env_source == "uv:inline"
+        with pytest.raises(EnvironmentFailed, match="not running"):
+            await pool.acquire(REQUEST, no_progress)
+
+    asyncio.run(scenario())
+    assert pool.status() == PoolStatus(available=0, warming=0, target=1)
+
+
+# -- real builds ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_pool_fills_and_hands_out_working_distinct_envs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="runtimed.pools.uv")
+    pool = make_pool(tmp_path, size=1)
+
+    async def scenario() -> tuple[PreparedEnv, PreparedEnv]:
+        started = time.monotonic()
+        await pool.start()
+        assert time.monotonic() - started < 1, "start() must not wait for builds"
+        assert pool.status() == PoolStatus(available=0, warming=1, target=1)
+
+        await wait_for(lambda: pool.status().available == 1)
+        assert pool.status() == PoolStatus(available=1, warming=0, target=1)
+        [first_dir] = ready_dirs(pool)
+        assert re.fullmatch(r"uv-prewarmed-[0-9a-f]{32}", first_dir.name)
+        marker = json.loads((first_dir / ".warmed").read_text())
+        assert marker["packages"] == ["ipykernel", "ipywidgets"]
+        assert abs(marker["created"] - time.time()) < 120
+
+        progress = Recorder()
+        first = await pool.acquire(REQUEST, progress)
+        assert progress.events == [], "a ready env is handed out without waiting"
+        assert first.env_source == "uv:prewarmed"
+        assert first.prefix == first_dir
+        assert first.python == [str(first_dir / "bin" / "python")]
+        # Taking the env starts its replacement.
+        assert pool.status() == PoolStatus(available=0, warming=1, target=1)
+
+        prefix = await run_in_env(first, "import sys, ipykernel, ipywidgets; print(sys.prefix)")
+        assert Path(prefix) == first_dir
+        pycache = first_dir / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        assert list(pycache.glob("site-packages/ipykernel/__pycache__/*.pyc"))
+
+        await wait_for(lambda: pool.status().available == 1)
+        second = await pool.acquire(REQUEST, no_progress)
+        assert second.prefix != first.prefix
+        await pool.release(first)
+        await pool.stop()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert not first.prefix.exists(), "release() deletes the env"
+    assert second.prefix.exists(), "an env in use is left alone"
+    assert not (second.prefix / ".warmed").exists(), "a handed-out env is never reused"
+    assert not list(pool.envs_dir.glob("uv-building-*"))
+    assert "UV pool: 1/1 available" in caplog.messages
+    assert "UV pool: 0/1 available" in caplog.messages
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_acquire_on_an_empty_pool_waits_for_the_warmer(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, size=1)
+    progress = Recorder()
+
+    async def scenario() -> PreparedEnv:
+        await pool.start()
+        env = await pool.acquire(REQUEST, progress)
+        assert await run_in_env(env, "import ipykernel; print('ok')") == "ok"
+        await pool.stop()
+        return env
+
+    env = asyncio.run(scenario())
+    assert progress.events == [("preparing_env", "Waiting for the uv pool to warm an environment")]
+    assert env.prefix.is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_pool_size_zero_builds_one_env_per_request(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, size=0)
+    progress = Recorder()
+
+    async def scenario() -> PreparedEnv:
+        await pool.start()
+        assert pool.status() == PoolStatus(available=0, warming=0, target=0)
+        env = await pool.acquire(REQUEST, progress)
+        assert pool.status() == PoolStatus(available=0, warming=0, target=0)
+        await pool.stop()
+        return env
+
+    env = asyncio.run(scenario())
+    assert progress.events and progress.events[0][0] == "preparing_env"
+    assert on_disk(pool) == [env.prefix.name], "nothing is built beyond the request"
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_acquire_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, size=1)
+    pool.acquire_timeout = 0.2
+
+    async def scenario() -> None:
+        await pool.start()
+        started = time.monotonic()
+        with pytest.raises(EnvironmentFailed, match="Timed out after 0.2 s"):
+            await pool.acquire(REQUEST, no_progress)
+        assert time.monotonic() - started < 2
+        await pool.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_flush_discards_ready_and_in_progress_envs_and_rebuilds(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, size=1)
+
+    async def scenario() -> tuple[Path, Path]:
+        await pool.start()
+        await asyncio.sleep(0.3)  # a build is under way
+        await pool.flush()
+        await wait_for(lambda: pool.status().available == 1)
+        [old] = ready_dirs(pool)
+        await pool.flush()
+        assert pool.status() == PoolStatus(available=0, warming=1, target=1)
+        await wait_for(lambda: pool.status().available == 1)
+        [new] = ready_dirs(pool)
+        env = await pool.acquire(REQUEST, no_progress)
+        assert env.prefix == new
+        await pool.stop()
+        return old, new
+
+    old, new = asyncio.run(scenario())
+    assert new != old
+    assert on_disk(pool) == [new.name], "flushed and abandoned envs are deleted"
+
+
+def _copy_env(src: Path, **marker_changes: object) -> Path:
+    """A copy of a ready env (they are relocatable) with an edited marker."""
+    dst = src.with_name(f"uv-prewarmed-{uuid.uuid4().hex}")
+    shutil.copytree(src, dst, symlinks=True)
+    marker = json.loads((dst / ".warmed").read_text())
+    marker.update(marker_changes)
+    (dst / ".warmed").write_text(json.dumps(marker))
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_start_reuses_a_valid_env_and_deletes_the_rest(tmp_path: Path) -> None:
+    first = make_pool(tmp_path, size=1)
+
+    async def fill() -> None:
+        await first.start()
+        await wait_for(lambda: first.status().available == 1)
+        await first.stop()
+
+    asyncio.run(fill())
+    [kept] = ready_dirs(first)
+    created = json.loads((kept / ".warmed").read_text())["created"]
+    envs = first.envs_dir
+    stale = _copy_env(kept, created=created - 3 * 24 * 3600)
+    older = _copy_env(kept, created=created - 3600)  # valid, but beyond the pool size
+    other_packages = _copy_env(kept, packages=["ipykernel", "ipywidgets", "numpy"])
+    broken = _copy_env(kept)
+    shutil.rmtree(next(broken.glob("lib/python*/site-packages/ipykernel")))
+    no_python = _copy_env(kept)
+    (no_python / "bin" / "python").unlink()
+    unmarked = envs / f"uv-prewarmed-{uuid.uuid4().hex}"
+    unmarked.mkdir()
+    half_built = envs / f"uv-building-{uuid.uuid4().hex}"
+    shutil.copytree(kept, half_built, symlinks=True)
+
+    second = make_pool(tmp_path, size=1)
+    progress = Recorder()
+
+    async def restart() -> PreparedEnv:
+        await second.start()
+        assert second.status() == PoolStatus(available=1, warming=0, target=1)
+        env = await second.acquire(REQUEST, progress)
+        await second.stop()
+        return env
+
+    env = asyncio.run(restart())
+    assert env.prefix == kept
+    assert progress.events == []
+    for gone in (stale, older, other_packages, broken, no_python, unmarked, half_built):
+        assert not gone.exists(), gone.name
+    assert on_disk(second) == [kept.name]
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_a_failing_build_makes_acquire_raise_with_uvs_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="runtimed.pools.uv")
+    pool = make_pool(tmp_path, size=1, packages=[MISSING_PACKAGE])
+
+    async def scenario() -> EnvironmentFailed:
+        await pool.start()
+        started = time.monotonic()
+        with pytest.raises(EnvironmentFailed) as excinfo:
+            await pool.acquire(REQUEST, no_progress)
+        assert time.monotonic() - started < 60, "fails fast instead of waiting 120 s"
+        assert pool.status().available == 0
+        await pool.stop()
+        return excinfo.value
+
+    error = asyncio.run(scenario())
+    assert error.env_source == "uv:prewarmed"
+    assert MISSING_PACKAGE in error.message
+    assert "uv pip install" in error.message
+    assert f"RUNTIMED_DEFAULT_PACKAGES={MISSING_PACKAGE}" in error.message
+    assert on_disk(pool) == [], "failed builds leave nothing behind"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(MISSING_PACKAGE in message for message in warnings)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_stop_kills_a_running_build_and_cleans_up(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, size=1)
+
+    async def scenario() -> None:
+        await pool.start()
+        await wait_for(lambda: bool(processes_mentioning(str(pool.envs_dir))), timeout=10)
+        started = time.monotonic()
+        await pool.stop()
+        assert time.monotonic() - started < 5
+        assert pool.status() == PoolStatus(available=0, warming=0, target=1)
+
+    asyncio.run(scenario())
+    assert processes_mentioning(str(pool.envs_dir)) == []
+    assert on_disk(pool) == []

@@ -1,0 +1,28 @@
+"""runtimed: a per-user notebook runtime daemon, and its Python client.
+
+Quick start::
+
+    import runtimed
+
+    with runtimed.Session() as session:
+        session.start_kernel()
+        cell_id = session.create_cell("print('hello')")
+        print(session.execute_cell(cell_id).stdout)   # hello
+"""
+
+from runtimed.client.async_session import AsyncDaemonClient, AsyncSession
+from runtimed.client.results import Cell, ExecutionResult, Output
+from runtimed.client.sync import DaemonClient, Session
+from runtimed.errors import (
+    CellNotFound, DaemonUnavailable, EnvironmentFailed, ExecutionTimeout, InvalidRequest, KernelDied,
+    KernelError, KernelLaunchFailed, NoKernel, NotConnected, PluginError, ProtocolError, RuntimedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "DaemonClient", "DaemonUnavailable",
+    "EnvironmentFailed", "ExecutionResult", "ExecutionTimeout", "InvalidRequest", "KernelDied",
+    "KernelError", "KernelLaunchFailed", "NoKernel", "NotConnected", "Output", "PluginError",
+    "ProtocolError", "RuntimedError", "Session",
+]

@@ -1,0 +1,3 @@
+from runtimed.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""The ``runtimed`` command (also ``python -m runtimed``).
+
+Data goes to stdout, logs and errors to stderr; ``--json`` on every data command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtimed.errors import RuntimedError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from runtimed.config import DaemonConfig
+    from runtimed.daemon.server import Daemon
+
+    overrides: dict[str, Any] = {}
+    for field in ("socket", "cache_dir", "blob_store_dir", "state_dir"):
+        value = getattr(args, field)
+        if value:
+            overrides["socket_path" if field == "socket" else field] = Path(value).expanduser().absolute()
+    for field in ("uv_pool_size", "conda_pool_size", "log_level", "keep_alive_secs"):
+        value = getattr(args, field)
+        if value is not None:
+            overrides[field] = value
+    config = DaemonConfig(**overrides)
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    asyncio.run(Daemon(config).serve())
+    return 0
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202 - the sync client
+    from runtimed.client.sync import DaemonClient
+
+    return DaemonClient(socket_path=args.socket)
+
+
+def _print(data: Any, as_json: bool, render) -> None:  # noqa: ANN001
+    print(json.dumps(data, indent=2) if as_json else render(data))
+
+
+def _status(args: argparse.Namespace) -> int:
+    stats = _client(args).status()
+    families = sorted({k.rsplit("_", 1)[0] for k in stats})
+    _print(stats, args.json, lambda s: "\n".join(
+        f"{f}: {s.get(f + '_available', 0)} available, {s.get(f + '_warming', 0)} warming" for f in families))
+    return 0
+
+
+def _ping(args: argparse.Namespace) -> int:
+    alive = _client(args).ping()
+    _print({"ok": alive}, args.json, lambda d: "pong" if d["ok"] else "no daemon")
+    return 0 if alive else 1
+
+
+def _list_rooms(args: argparse.Namespace) -> int:
+    rooms = _client(args).list_rooms()
+
+    def render(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no rooms"
+        lines = [f"{'NOTEBOOK':40} {'PEERS':>5} {'KERNEL':8} {'STATUS':12} ENV"]
+        for r in rows:
+            lines.append(f"{r['notebook_id'][:40]:40} {r['active_peers']:>5} {r.get('kernel_type') or '-':8} "
+                         f"{r.get('kernel_status') or '-':12} {r.get('env_source') or '-'}")
+        return "\n".join(lines)
+
+    _print(rooms, args.json, render)
+    return 0
+
+
+def _flush(args: argparse.Namespace) -> int:
+    _client(args).flush_pool()
+    print("pools flushed; rebuilding", file=sys.stderr)
+    return 0
+
+
+def _shutdown(args: argparse.Namespace) -> int:
+    _client(args).shutdown()
+    print("daemon shutting down", file=sys.stderr)
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from runtimed.plugins import describe_plugins, get_plugin_manager
+
+    plugins = describe_plugins(get_plugin_manager())
+
+    def render(rows: list[dict[str, Any]]) -> str:
+        lines = []
+        for p in rows:
+            lines.append(f"{p['name']} ({p['distribution']} {p['version']})")
+            for hook, classes in p["provides"].items():
+                lines.append(f"    {hook}: {', '.join(classes)}")
+        return "\n".join(lines) or "no plugins"
+
+    _print(plugins, args.json, render)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--socket", help="Unix socket path (env RUNTIMED_SOCKET_PATH)")
+    run.add_argument("--cache-dir", help="environments and caches (env RUNTIMED_CACHE_DIR)")
+    run.add_argument("--blob-store-dir", help="output blobs (env RUNTIMED_BLOB_STORE_DIR)")
+    run.add_argument("--state-dir", help="persisted notebook documents (env RUNTIMED_STATE_DIR)")
+    run.add_argument("--uv-pool-size", type=int, help="ready uv environments (env RUNTIMED_UV_POOL_SIZE, default 2)")
+    run.add_argument("--conda-pool-size", type=int,
+                     help="ready conda environments (env RUNTIMED_CONDA_POOL_SIZE, default 1)")
+    run.add_argument("--keep-alive-secs", type=float,
+                     help="seconds an abandoned room keeps its kernel (env RUNTIMED_KEEP_ALIVE_SECS, default 30)")
+    run.add_argument("--log-level", help="debug, info, warning, error (env RUNTIMED_LOG_LEVEL)")
+    run.set_defaults(func=_run)
+
+    for name, func, doc, has_json in (
+        ("status", _status, "pool counts", True),
+        ("ping", _ping, "check that the daemon answers", True),
+        ("list-rooms", _list_rooms, "open notebook rooms", True),
+        ("flush", _flush, "discard and rebuild the environment pools", False),
+        ("shutdown", _shutdown, "stop the daemon", False),
+        ("plugins", _plugins, "installed plugins and what they provide", True),
+    ):
+        cmd = sub.add_parser(name, help=doc)
+        cmd.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
+        if has_json:
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RuntimedError as exc:
+        if args.verbose:
+            raise
+        print(f"runtimed: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

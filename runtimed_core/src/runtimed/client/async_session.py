@@ -1,0 +1,372 @@
+"""The async client: :class:`AsyncSession` (a notebook room) and :class:`AsyncDaemonClient`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from runtimed import paths
+from runtimed.client.connection import Channel, pool_request
+from runtimed.client.results import Cell, ExecutionResult
+from runtimed.document import notebook
+from runtimed.document.replica import Replica, SyncState
+from runtimed.document.runtime_state import read_execution, read_kernel
+from runtimed.errors import (
+    DaemonUnavailable, ExecutionTimeout, KernelDied, NotConnected, ProtocolError, RuntimedError,
+)
+from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, loads, typed
+
+CONNECT_TIMEOUT = 10.0
+
+
+def _hex(heads: list[bytes]) -> list[str]:
+    return [h.hex() for h in heads]
+
+
+class AsyncSession:
+    """A connection to one notebook room: a local replica of its document, and its kernel.
+
+    Two sessions with the same ``notebook_id`` share the document and the kernel.
+    Use as ``async with AsyncSession() as session:``; the kernel is shut down on exit.
+    """
+
+    def __init__(self, notebook_id: str | None = None, *, socket_path: str | os.PathLike[str] | None = None
+                 ) -> None:
+        self._notebook_id = notebook_id or f"notebook-{uuid.uuid4()}"
+        self._socket_path = Path(socket_path) if socket_path else None
+        self.doc: Replica = notebook.new_replica()
+        self.state: Replica = Replica()
+        self._channel: Channel | None = None
+        self._doc_sync = SyncState()
+        self._state_sync = SyncState()
+        self._moved: asyncio.Future[None] | None = None
+        self._ever_connected = False
+        self._closed = False
+        self._connect_lock: asyncio.Lock | None = None
+
+    # properties ----------------------------------------------------------------------------------
+    @property
+    def notebook_id(self) -> str:
+        return self._notebook_id
+
+    @property
+    def socket_path(self) -> Path:
+        return self._socket_path or paths.socket_path()
+
+    async def is_connected(self) -> bool:
+        return self._connected()
+
+    def _connected(self) -> bool:
+        return self._channel is not None and self._channel.connected
+
+    async def kernel_started(self) -> bool:
+        return self._kernel_started()
+
+    def _kernel_started(self) -> bool:
+        return self._connected() and read_kernel(self.state).get("lifecycle") == "running"
+
+    async def env_source(self) -> str | None:
+        return self._env_source()
+
+    def _env_source(self) -> str | None:
+        kernel = read_kernel(self.state)
+        return kernel.get("env_source") if kernel.get("lifecycle") == "running" else None
+
+    async def kernel_status(self) -> dict[str, Any]:
+        """The runtime-state document's kernel record (lifecycle, activity, error, progress...)."""
+        return read_kernel(self.state)
+
+    # connection -----------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect to the daemon (starting one if needed) and sync the notebook document."""
+        if self._closed:
+            raise RuntimedError("This session is closed; create a new one")
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._connected():
+                return
+            await self._open()
+
+    async def _open(self) -> None:
+        self._doc_sync = SyncState()
+        self._state_sync = SyncState()
+        self.state = Replica()  # the daemon's runtime state is authoritative; start clean
+        welcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._welcome = welcome
+        channel = Channel(typed_frames=True, on_frame=self._on_frame, on_close=self._on_close)
+        await channel.open(self.socket_path, {"channel": "notebook_sync", "notebook_id": self._notebook_id})
+        self._channel = channel
+        try:
+            hello = await asyncio.wait_for(asyncio.shield(welcome), CONNECT_TIMEOUT)
+            self._send_sync()
+            await self._wait_heads(self.doc, hello["notebook_heads"], CONNECT_TIMEOUT)
+            await self._wait_heads(self.state, hello["state_heads"], CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            channel.close()
+            raise DaemonUnavailable("The runtimed daemon did not complete the handshake") from None
+        except BaseException:
+            channel.close()
+            raise
+        self._ever_connected = True
+
+    async def _ensure(self) -> Channel:
+        """The live channel; reconnects if an earlier connection was lost."""
+        if not self._connected():
+            if not self._ever_connected:
+                raise NotConnected("Not connected to the runtimed daemon; call connect() or start_kernel()")
+            await self.connect()
+        assert self._channel is not None
+        return self._channel
+
+    def _on_frame(self, kind: int, body: memoryview) -> None:
+        if kind == DOC_SYNC:
+            moved = self.doc.receive(self._doc_sync, body)
+        elif kind == STATE_SYNC:
+            moved = self.state.receive(self._state_sync, body)
+        elif kind == BROADCAST:
+            event = loads(body, "broadcast")
+            if event.get("event") == "welcome" and not self._welcome.done():
+                self._welcome.set_result(event)
+            return
+        else:
+            return
+        self._send_sync()
+        if moved and self._moved is not None and not self._moved.done():
+            self._moved.set_result(None)
+
+    def _on_close(self, exc: BaseException | None) -> None:
+        if self._moved is not None and not self._moved.done():
+            self._moved.set_result(None)
+        welcome = getattr(self, "_welcome", None)
+        if welcome is not None and not welcome.done():
+            reason = self._channel.close_reason if self._channel else None
+            welcome.set_exception(reason or DaemonUnavailable("The daemon closed the connection"))
+
+    def _send_sync(self) -> None:
+        channel = self._channel
+        if channel is None or not channel.connected:
+            return
+        msg = self.doc.generate(self._doc_sync)
+        if msg is not None:
+            channel.send(typed(DOC_SYNC, msg))
+        msg = self.state.generate(self._state_sync)
+        if msg is not None:
+            channel.send(typed(STATE_SYNC, msg))
+
+    async def _wait_heads(self, replica: Replica, hex_heads: list[str], timeout: float) -> None:
+        heads = [bytes.fromhex(h) for h in hex_heads]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not replica.has_heads(heads):
+            if not self._connected():
+                raise DaemonUnavailable("Lost the connection to the runtimed daemon while syncing")
+            if self._moved is None or self._moved.done():
+                self._moved = loop.create_future()
+            await asyncio.wait_for(asyncio.shield(self._moved), max(deadline - loop.time(), 0))
+
+    async def _request(self, kind: str, **fields: Any) -> Any:
+        channel = await self._ensure()
+        self._send_sync()
+        return await channel.request(kind, required_heads=_hex(self.doc.heads), **fields)
+
+    def _edited(self) -> None:
+        """A local edit: send it now if connected (it also reaches the daemon on reconnect)."""
+        self._send_sync()
+
+    # kernel ------------------------------------------------------------------------------------------
+    async def start_kernel(self, kernel_type: str = "python", env_source: str = "auto",
+                           notebook_path: str | None = None) -> None:
+        """Start the room's kernel, or join the one already running. Connects if needed."""
+        if not self._connected():
+            await self.connect()
+        result = await self._request("start_kernel", kernel_type=kernel_type, env_source=env_source,
+                                     notebook_path=notebook_path, cwd=os.getcwd())
+        await self._sync_state(result)
+
+    async def _sync_state(self, result: dict[str, Any]) -> None:
+        """Make sure the replicas hold what the daemon had when it answered."""
+        await self._wait_heads(self.state, result.get("state_heads", []), CONNECT_TIMEOUT)
+        await self._wait_heads(self.doc, result.get("notebook_heads", []), CONNECT_TIMEOUT)
+
+    async def interrupt(self) -> None:
+        """Interrupt the running cell and cancel the queued ones."""
+        await self._request("interrupt")
+
+    async def shutdown_kernel(self) -> None:
+        await self._request("shutdown_kernel")
+
+    async def restart_kernel(self) -> None:
+        """Replace the kernel process; queued and running cells fail as restarted."""
+        await self._request("restart_kernel")
+
+    # cells -------------------------------------------------------------------------------------------------
+    async def create_cell(self, source: str = "", cell_type: str = "code", index: int | None = None) -> str:
+        """Add a cell (at the end, or at ``index``) and return its id."""
+        if not self._ever_connected:
+            raise NotConnected("Not connected to the runtimed daemon; call connect() or start_kernel()")
+        cell_id = notebook.add_cell(self.doc, source, cell_type, index=index)
+        self._edited()
+        return cell_id
+
+    async def set_source(self, cell_id: str, source: str) -> None:
+        self._require_replica()
+        notebook.set_source(self.doc, cell_id, source)
+        self._edited()
+
+    async def delete_cell(self, cell_id: str) -> None:
+        self._require_replica()
+        notebook.delete_cell(self.doc, cell_id)
+        self._edited()
+
+    async def get_cell(self, cell_id: str) -> Cell:
+        self._require_replica()
+        return self._cell(notebook.read_cell(self.doc, cell_id))
+
+    async def get_cells(self) -> list[Cell]:
+        self._require_replica()
+        return [self._cell(c) for c in notebook.read_cells(self.doc)]
+
+    def _cell(self, data: notebook.CellData) -> Cell:
+        record = read_execution(self.state, data.execution_id) if data.execution_id else None
+        outputs = ExecutionResult.from_record(record).outputs if record else []
+        return Cell(id=data.id, cell_type=data.cell_type, source=data.source,
+                    execution_count=data.execution_count, metadata=data.metadata,
+                    outputs=outputs, execution_id=data.execution_id)
+
+    def _require_replica(self) -> None:
+        if not self._ever_connected:
+            raise NotConnected("Not connected to the runtimed daemon; call connect() or start_kernel()")
+
+    # metadata ----------------------------------------------------------------------------------------------
+    async def set_metadata(self, key: str, value_json: str) -> None:
+        """Set notebook metadata ``key`` to a JSON value (``notebook_metadata``: the whole mapping)."""
+        self._require_replica()
+        value = notebook.parse_metadata_json(key, value_json)
+        notebook.set_metadata_value(self.doc, key, value)
+        self._edited()
+
+    async def get_metadata(self, key: str) -> str | None:
+        """The JSON value of notebook metadata ``key`` (``notebook_metadata``: the whole mapping)."""
+        self._require_replica()
+        return notebook.get_metadata_json(self.doc, key)
+
+    # execution ------------------------------------------------------------------------------------------
+    async def queue_cell(self, cell_id: str) -> str:
+        """Queue a cell without waiting; returns the execution id. Read results with ``get_cell``."""
+        result = await self._execute_request(cell_id, wait=False)
+        return result["execution_id"]
+
+    async def execute_cell(self, cell_id: str, timeout_secs: float = 60) -> ExecutionResult:
+        """Run a cell (as the document has it now) and return its result.
+
+        Starts a kernel if none was started yet. Raises :class:`ExecutionTimeout`
+        after ``timeout_secs`` (the cell keeps running), :class:`CellNotFound`,
+        and :class:`KernelDied` if the kernel died while running it.
+        """
+        try:
+            result = await asyncio.wait_for(self._execute_request(cell_id, wait=True), timeout_secs)
+        except asyncio.TimeoutError:
+            raise ExecutionTimeout(f"Execution timed out after {timeout_secs:g} seconds",
+                                   cell_id=cell_id, notebook_id=self._notebook_id) from None
+        record = read_execution(self.state, result["execution_id"])
+        if record is None:
+            raise ProtocolError(f"The daemon reported execution {result['execution_id']} but did not sync it")
+        if record.get("failure") == "kernel_died":
+            raise KernelDied(record.get("error") or "The kernel died", cell_id=cell_id,
+                             notebook_id=self._notebook_id)
+        return ExecutionResult.from_record(record)
+
+    async def _execute_request(self, cell_id: str, *, wait: bool) -> dict[str, Any]:
+        if self._ever_connected or self._connected():
+            notebook.read_cell(self.doc, cell_id)  # CellNotFound early, without a round trip
+        result = await self._request("execute_cell", cell_id=cell_id, wait=wait, auto_start=True)
+        await self._sync_state(result)
+        return result
+
+    async def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
+        """Create a code cell with ``code`` and execute it."""
+        if not self._connected():
+            await self.connect()
+        cell_id = await self.create_cell(code)
+        return await self.execute_cell(cell_id, timeout_secs=timeout_secs)
+
+    # teardown ----------------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Disconnect (the kernel stays for other peers until the room's keep-alive ends)."""
+        self._closed = True
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            if self._kernel_started():
+                await self.shutdown_kernel()
+        except RuntimedError:
+            pass
+        finally:
+            await self.close()
+
+
+class AsyncDaemonClient:
+    """Daemon-level operations: health, pool status, rooms, flush, shutdown."""
+
+    def __init__(self, *, socket_path: str | os.PathLike[str] | None = None) -> None:
+        self._socket_path = Path(socket_path) if socket_path else None
+
+    @property
+    def socket_path(self) -> Path:
+        return self._socket_path or paths.socket_path()
+
+    async def ping(self) -> bool:
+        """True if a daemon answers at the socket (never starts one)."""
+        try:
+            result = await pool_request(self.socket_path, "ping", autostart=False)
+        except RuntimedError:
+            return False
+        return bool(result and result.get("pong"))
+
+    async def is_running(self) -> bool:
+        """True if a daemon process holds this socket's lock."""
+        return daemon_lock_held(self.socket_path)
+
+    async def status(self) -> dict[str, int]:
+        """Pool counts: ``uv_available``, ``uv_warming``, ``conda_available``, ``conda_warming``."""
+        return await pool_request(self.socket_path, "status")
+
+    async def list_rooms(self) -> list[dict[str, Any]]:
+        return await pool_request(self.socket_path, "list_rooms")
+
+    async def flush_pool(self) -> None:
+        await pool_request(self.socket_path, "flush_pool")
+
+    async def shutdown(self) -> None:
+        """Stop the daemon (its kernels are shut down, its documents saved)."""
+        await pool_request(self.socket_path, "shutdown", autostart=False)
+
+    async def plugins(self) -> list[dict[str, Any]]:
+        return await pool_request(self.socket_path, "plugins", autostart=False)
+
+
+def daemon_lock_held(socket_path: Path) -> bool:
+    import fcntl
+
+    lock = socket_path.with_name(socket_path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

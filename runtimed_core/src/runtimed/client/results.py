@@ -1,0 +1,97 @@
+"""Result types returned to users: :class:`ExecutionResult`, :class:`Output`, :class:`Cell`.
+
+Plain frozen dataclasses built from the documents (no I/O), shared by the sync
+and async APIs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Output:
+    """One Jupyter output."""
+
+    #: ``"stream"``, ``"display_data"``, ``"execute_result"`` or ``"error"``.
+    output_type: str
+    #: Streams: ``"stdout"`` or ``"stderr"``.
+    name: str | None = None
+    #: Streams: the text (carriage returns already applied, chunks merged).
+    text: str | None = None
+    #: display_data / execute_result: MIME type -> content.
+    data: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    execution_count: int | None = None
+    #: Errors: exception class name, message, and traceback lines.
+    ename: str | None = None
+    evalue: str | None = None
+    traceback: list[str] | None = None
+
+    @classmethod
+    def from_nbformat(cls, out: dict[str, Any]) -> Output:
+        kind = out.get("output_type", "")
+        if kind == "stream":
+            return cls(kind, name=out.get("name"), text=out.get("text", ""))
+        if kind == "error":
+            return cls(kind, ename=out.get("ename"), evalue=out.get("evalue"),
+                       traceback=list(out.get("traceback") or []))
+        return cls(kind, data=dict(out.get("data") or {}), metadata=dict(out.get("metadata") or {}),
+                   execution_count=out.get("execution_count"))
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """The outcome of ``execute_cell``."""
+
+    cell_id: str
+    #: True if the cell ran to completion without an error.
+    success: bool
+    execution_count: int | None
+    outputs: list[Output]
+    execution_id: str | None = None
+    #: Why the run did not complete, when it did not: cancelled, interrupted, restarted, shutdown.
+    failure: str | None = None
+
+    @property
+    def stdout(self) -> str:
+        return "".join(o.text or "" for o in self.outputs if o.output_type == "stream" and o.name == "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(o.text or "" for o in self.outputs if o.output_type == "stream" and o.name == "stderr")
+
+    @property
+    def display_data(self) -> list[Output]:
+        return [o for o in self.outputs if o.output_type in ("display_data", "execute_result")]
+
+    @property
+    def error(self) -> Output | None:
+        return next((o for o in self.outputs if o.output_type == "error"), None)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ExecutionResult:
+        return cls(
+            cell_id=record["cell_id"],
+            success=bool(record.get("success")) and record.get("status") == "done",
+            execution_count=record.get("execution_count"),
+            outputs=[Output.from_nbformat(o) for o in record.get("outputs", [])],
+            execution_id=record.get("execution_id"),
+            failure=record.get("failure"),
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell as the local replica of the notebook document has it."""
+
+    id: str
+    #: ``"code"``, ``"markdown"`` or ``"raw"``.
+    cell_type: str
+    source: str
+    execution_count: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: Outputs of the cell's latest execution, while the daemon keeps them.
+    outputs: list[Output] = field(default_factory=list)
+    execution_id: str | None = None

@@ -1,0 +1,162 @@
+"""The synchronous API: :class:`Session` and :class:`DaemonClient` drive the async client
+on one background event-loop thread, so they work where a loop already runs (Jupyter, IPython)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from runtimed.client.async_session import AsyncDaemonClient, AsyncSession
+from runtimed.client.results import Cell, ExecutionResult
+from runtimed.errors import RuntimedError
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """One daemon thread running an event loop for every sync object in the process."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def loop(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid():  # a fork has no thread: make one
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="runtimed-loop", daemon=True).start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, T]) -> T:
+        loop = cls.loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            coro.close()
+            raise RuntimedError("The sync runtimed API was called from its own loop thread; use AsyncSession")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+class Session:
+    """Synchronous twin of :class:`runtimed.AsyncSession`; same methods, blocking.
+
+    ``with runtimed.Session() as session:`` shuts the kernel down on exit.
+    """
+
+    def __init__(self, notebook_id: str | None = None, *, socket_path: str | os.PathLike[str] | None = None
+                 ) -> None:
+        self._async = AsyncSession(notebook_id, socket_path=socket_path)
+
+    # properties ---------------------------------------------------------------------------------
+    @property
+    def notebook_id(self) -> str:
+        return self._async.notebook_id
+
+    @property
+    def is_connected(self) -> bool:
+        return _LoopThread.run(self._async.is_connected())
+
+    @property
+    def kernel_started(self) -> bool:
+        return _LoopThread.run(self._async.kernel_started())
+
+    @property
+    def env_source(self) -> str | None:
+        return _LoopThread.run(self._async.env_source())
+
+    def kernel_status(self) -> dict[str, Any]:
+        return _LoopThread.run(self._async.kernel_status())
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def connect(self) -> None:
+        _LoopThread.run(self._async.connect())
+
+    def start_kernel(self, kernel_type: str = "python", env_source: str = "auto",
+                     notebook_path: str | None = None) -> None:
+        _LoopThread.run(self._async.start_kernel(kernel_type, env_source, notebook_path))
+
+    def interrupt(self) -> None:
+        _LoopThread.run(self._async.interrupt())
+
+    def shutdown_kernel(self) -> None:
+        _LoopThread.run(self._async.shutdown_kernel())
+
+    def restart_kernel(self) -> None:
+        _LoopThread.run(self._async.restart_kernel())
+
+    def close(self) -> None:
+        _LoopThread.run(self._async.close())
+
+    # cells --------------------------------------------------------------------------------------------
+    def create_cell(self, source: str = "", cell_type: str = "code", index: int | None = None) -> str:
+        return _LoopThread.run(self._async.create_cell(source, cell_type, index))
+
+    def set_source(self, cell_id: str, source: str) -> None:
+        _LoopThread.run(self._async.set_source(cell_id, source))
+
+    def delete_cell(self, cell_id: str) -> None:
+        _LoopThread.run(self._async.delete_cell(cell_id))
+
+    def get_cell(self, cell_id: str) -> Cell:
+        return _LoopThread.run(self._async.get_cell(cell_id))
+
+    def get_cells(self) -> list[Cell]:
+        return _LoopThread.run(self._async.get_cells())
+
+    def set_metadata(self, key: str, value_json: str) -> None:
+        _LoopThread.run(self._async.set_metadata(key, value_json))
+
+    def get_metadata(self, key: str) -> str | None:
+        return _LoopThread.run(self._async.get_metadata(key))
+
+    # execution ------------------------------------------------------------------------------------------
+    def execute_cell(self, cell_id: str, timeout_secs: float = 60) -> ExecutionResult:
+        return _LoopThread.run(self._async.execute_cell(cell_id, timeout_secs))
+
+    def queue_cell(self, cell_id: str) -> str:
+        return _LoopThread.run(self._async.queue_cell(cell_id))
+
+    def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
+        return _LoopThread.run(self._async.run(code, timeout_secs))
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _LoopThread.run(self._async.__aexit__(*exc))
+
+
+class DaemonClient:
+    """Synchronous twin of :class:`runtimed.AsyncDaemonClient`."""
+
+    def __init__(self, *, socket_path: str | os.PathLike[str] | None = None) -> None:
+        self._async = AsyncDaemonClient(socket_path=socket_path)
+
+    def ping(self) -> bool:
+        return _LoopThread.run(self._async.ping())
+
+    def is_running(self) -> bool:
+        return _LoopThread.run(self._async.is_running())
+
+    def status(self) -> dict[str, int]:
+        return _LoopThread.run(self._async.status())
+
+    def list_rooms(self) -> list[dict[str, Any]]:
+        return _LoopThread.run(self._async.list_rooms())
+
+    def flush_pool(self) -> None:
+        _LoopThread.run(self._async.flush_pool())
+
+    def shutdown(self) -> None:
+        _LoopThread.run(self._async.shutdown())
+
+    def plugins(self) -> list[dict[str, Any]]:
+        return _LoopThread.run(self._async.plugins())

@@ -1,0 +1,51 @@
+"""The daemon's configuration: one dataclass, filled from flags over env vars over defaults."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtimed import paths
+
+
+def _env_int(var: str, default: int) -> int:
+    value = os.environ.get(var)
+    return int(value) if value else default
+
+
+def _env_list(var: str) -> list[str]:
+    return [item for item in os.environ.get(var, "").split(",") if item.strip()]
+
+
+@dataclass
+class DaemonConfig:
+    """Everything a daemon and its plugins need to know about where and how to run.
+
+    Plugins receive this object; they may read any field and should ignore
+    fields they do not know.
+    """
+
+    socket_path: Path = field(default_factory=paths.socket_path)
+    cache_dir: Path = field(default_factory=paths.cache_dir)
+    state_dir: Path = field(default_factory=paths.state_dir)
+    blob_store_dir: Path = field(default_factory=paths.blob_store_dir)
+    log_dir: Path = field(default_factory=paths.log_dir)
+    uv_pool_size: int = field(default_factory=lambda: _env_int("RUNTIMED_UV_POOL_SIZE", 2))
+    conda_pool_size: int = field(default_factory=lambda: _env_int("RUNTIMED_CONDA_POOL_SIZE", 1))
+    # Seconds a room with no peers stays alive (its kernel running) before eviction.
+    keep_alive_secs: float = field(
+        default_factory=lambda: float(os.environ.get("RUNTIMED_KEEP_ALIVE_SECS", "30"))
+    )
+    # The interpreter pool environments are built from (absolute path).
+    python: str = field(default_factory=lambda: os.environ.get("RUNTIMED_PYTHON") or sys.executable)
+    # Extra packages installed into every prewarmed environment.
+    default_packages: list[str] = field(
+        default_factory=lambda: _env_list("RUNTIMED_DEFAULT_PACKAGES")
+    )
+    log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))
+
+    def pool_size(self, family: str) -> int:
+        """The configured number of ready environments for an env family (``uv``, ``conda``...)."""
+        return int(getattr(self, f"{family}_pool_size", 1))

@@ -1,0 +1,1 @@
+"""The daemon: one long-lived asyncio process that owns rooms, kernels and pools."""

@@ -1,0 +1,290 @@
+"""A room's kernel and its execution queue.
+
+One execution at a time, FIFO. Queueing a cell that is already queued or
+running returns the existing execution. An error stops the queue (the cells
+still queued fail as cancelled). Interrupt clears the queue and interrupts the
+running cell. A kernel that dies fails its running and queued cells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runtimed.daemon.kernel import KernelProcess
+from runtimed.document import notebook
+from runtimed.errors import KernelDied
+from runtimed.launchers import KernelLauncher
+from runtimed.pools import EnvPool, PreparedEnv
+from runtimed.sinks import ExecutionContext
+
+if TYPE_CHECKING:
+    from runtimed.daemon.room import Room
+
+log = logging.getLogger(__name__)
+
+OUTPUT_MSG_TYPES = frozenset(
+    ("stream", "display_data", "execute_result", "error", "clear_output", "update_display_data")
+)
+#: Finished executions kept in the runtime-state document per room (older ones are dropped).
+KEEP_FINISHED = 64
+
+
+@dataclass
+class Execution:
+    id: str
+    cell_id: str
+    source: str
+    done: asyncio.Future[None]
+    status: str = "queued"
+    success: bool | None = None
+    error: str | None = None
+    failure: str | None = None
+    execution_count: int | None = None
+    ctx: ExecutionContext = field(init=False)
+
+
+class KernelRunner:
+    """The kernel of one room, the queue in front of it, and the task that drains the queue."""
+
+    def __init__(
+        self, room: Room, launcher: KernelLauncher, env: PreparedEnv | None, pool: EnvPool | None,
+        cwd: Path,
+    ) -> None:
+        self.room = room
+        self.launcher = launcher
+        self.env = env
+        self.pool = pool
+        self.cwd = cwd
+        self.kernel_type = launcher.kernel_type
+        self.env_source = env.env_source if env is not None else launcher.kernel_type
+        self.process: KernelProcess | None = None
+        self.queue: deque[Execution] = deque()
+        self.running: Execution | None = None
+        self._active: dict[str, Execution] = {}  # cell_id -> queued or running execution
+        self._finished: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.dead_reason: str | None = None
+
+    # lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Launch the kernel process and begin draining the queue."""
+        room = self.room
+        room.writer.set_kernel(lifecycle="launching", progress=f"Starting {self.kernel_type} kernel")
+        room.schedule_flush()
+        process = KernelProcess(self.launcher, room.daemon.runtime_dir)
+        room.writer.set_kernel(lifecycle="connecting")
+        await process.start(notebook_id=room.notebook_id, cwd=self.cwd, env=self.env)
+        self.process = process
+        self.dead_reason = None
+        room.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None)
+        room.schedule_flush()
+        self._watcher = asyncio.create_task(self._watch(process))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._drain())
+
+    async def restart(self) -> None:
+        """Replace the kernel process (same environment); queued and running cells fail."""
+        self._fail_all("Kernel restarted", "restarted")
+        await self._stop_process()
+        await self.start()
+
+    async def shutdown(self) -> None:
+        """Stop the kernel for good and hand the environment back."""
+        self._fail_all("Kernel shut down", "shutdown")
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        await self._stop_process()
+        if self.env is not None and self.pool is not None:
+            await self.pool.release(self.env)
+            self.env = None
+
+    async def _stop_process(self) -> None:
+        process, self.process = self.process, None
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if process is not None:
+            await process.shutdown()
+
+    async def _watch(self, process: KernelProcess) -> None:
+        assert process.exited is not None
+        await process.exited
+        if process.closing or process is not self.process:
+            return
+        reason = process.death_message()
+        log.warning("%s: %s", self.room.notebook_id, reason)
+        self.dead_reason = reason
+        self.process = None
+        await process.kill()
+        self._fail_all(reason, "kernel_died")
+        self.room.writer.set_kernel(lifecycle="error", activity=None, error=reason)
+        self.room.schedule_flush()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive
+
+    # queue ----------------------------------------------------------------------------------------
+    def queue_cell(self, cell_id: str, source: str) -> Execution:
+        existing = self._active.get(cell_id)
+        if existing is not None:
+            return existing
+        if not self.alive:
+            raise KernelDied(self.dead_reason or "The kernel is not running", cell_id=cell_id)
+        room = self.room
+        ex = Execution(
+            id=f"exec-{uuid.uuid4()}", cell_id=cell_id, source=source,
+            done=asyncio.get_running_loop().create_future(),
+        )
+        ex.ctx = ExecutionContext(room.notebook_id, ex.id, cell_id, room)
+        room.writer.add_execution(ex.id, cell_id, source)
+        notebook.set_execution(room.doc, cell_id, execution_id=ex.id)
+        room.doc_changed_locally()
+        self.queue.append(ex)
+        self._active[cell_id] = ex
+        self._wake.set()
+        return ex
+
+    def interrupt_queue(self) -> list[Execution]:
+        """Fail every queued (not running) execution; return them."""
+        cancelled = list(self.queue)
+        self.queue.clear()
+        for ex in cancelled:
+            self._finish(ex, status="error", error="Cancelled: the kernel was interrupted",
+                         failure="interrupted")
+        return cancelled
+
+    async def interrupt(self) -> None:
+        self.interrupt_queue()
+        if self.process is not None:
+            await self.process.interrupt()
+
+    def _fail_all(self, reason: str, failure: str) -> None:
+        pending = ([self.running] if self.running else []) + list(self.queue)
+        self.queue.clear()
+        for ex in pending:
+            self._finish(ex, status="error", error=reason, failure=failure)
+        self.running = None
+        self.room.schedule_flush()
+
+    def _finish(self, ex: Execution, *, status: str, error: str | None = None,
+                success: bool | None = None, failure: str | None = None) -> None:
+        """Record the end of an execution. ``failure`` says why it did not run to completion:
+        ``cancelled``, ``interrupted``, ``kernel_died``, ``restarted`` or ``shutdown``."""
+        if ex.done.done():
+            return
+        ex.status = status
+        ex.success = bool(success)
+        ex.error = error
+        ex.failure = failure
+        self._active.pop(ex.cell_id, None)
+        room = self.room
+        room.writer.update_execution(
+            ex.id, status=status, success=ex.success, error=error, failure=failure,
+            execution_count=ex.execution_count,
+        )
+        if ex.execution_count is not None:
+            notebook.set_execution(room.doc, ex.cell_id, execution_count=ex.execution_count)
+            room.doc_changed_locally()
+        for sink in room.daemon.sinks:
+            sink.on_execution_finished(ex.ctx, ex.success)
+        ex.done.set_result(None)
+        self._finished.append(ex.id)
+        if len(self._finished) > KEEP_FINISHED:
+            old = {self._finished.popleft() for _ in range(len(self._finished) - KEEP_FINISHED)}
+            room.forget_executions(old)
+
+    async def _drain(self) -> None:
+        while True:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            ex = self.queue.popleft()
+            await self._run(ex)
+
+    async def _run(self, ex: Execution) -> None:
+        process = self.process
+        if process is None:
+            self._finish(ex, status="error", error=self.dead_reason or "The kernel is not running",
+                         failure="kernel_died")
+            return
+        room = self.room
+        sinks = room.daemon.sinks
+        self.running = ex
+        ex.status = "running"
+        room.writer.update_execution(ex.id, status="running")
+        room.writer.set_kernel(activity="busy")
+        room.schedule_flush()
+        loop = asyncio.get_running_loop()
+        idle: asyncio.Future[None] = loop.create_future()
+        ctx = ex.ctx
+
+        def on_iopub(msg_type: str, msg: dict[str, Any]) -> None:
+            content = msg["content"]
+            if msg_type in OUTPUT_MSG_TYPES:
+                for sink in sinks:
+                    sink.on_output(ctx, msg_type, content)
+            elif msg_type == "status":
+                if content.get("execution_state") == "idle" and not idle.done():
+                    idle.set_result(None)
+            elif msg_type == "execute_input":
+                ex.execution_count = content.get("execution_count")
+                for sink in sinks:
+                    sink.on_execution_started(ctx, ex.execution_count)
+
+        reply = process.request(
+            "shell", "execute_request",
+            {"code": ex.source, "silent": False, "store_history": True, "user_expressions": {},
+             "allow_stdin": False, "stop_on_error": False},
+            on_iopub=on_iopub,
+        )
+        msg_id = None
+        try:
+            assert process.exited is not None
+            both = asyncio.gather(reply, idle)
+            await asyncio.wait({both, process.exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not both.done():  # the process exited first; _watch fails this execution
+                both.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await both
+                await ex.done
+                return
+            content = reply.result()["content"]
+            msg_id = reply.result()["parent_header"].get("msg_id")
+        finally:
+            if self.running is ex:
+                self.running = None
+        if msg_id:
+            process.forget(msg_id)
+        if ex.execution_count is None:
+            ex.execution_count = content.get("execution_count")
+        ok = content.get("status") == "ok"
+        error = None if ok else _reply_error(content)
+        self._finish(ex, status="done" if ok else "error", success=ok, error=error)
+        if not self.queue:
+            room.writer.set_kernel(activity="idle")
+        if not ok and self.queue:
+            for queued in list(self.queue):
+                self._finish(queued, status="error", failure="cancelled",
+                             error=f"Cancelled: an earlier cell ({ex.cell_id}) failed")
+            self.queue.clear()
+            room.writer.set_kernel(activity="idle")
+        room.flush()
+
+
+def _reply_error(content: dict[str, Any]) -> str:
+    if content.get("status") == "aborted":
+        return "Aborted by the kernel"
+    ename, evalue = content.get("ename", "Error"), content.get("evalue", "")
+    return f"{ename}: {evalue}" if evalue else ename

@@ -1,0 +1,291 @@
+"""A room: one notebook's documents, its connected peers, and its kernel.
+
+Every peer holds replicas of both documents. A peer's sync message is applied
+at once (inside the socket callback) and the room answers on the next tick
+with one message per peer per document, which is also how changes are
+re-broadcast to the other peers. Requests that act on the document first wait
+for its ``required_heads``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runtimed.daemon.executor import KernelRunner
+from runtimed.daemon.persistence import DocStore
+from runtimed.document import notebook
+from runtimed.document.replica import Replica, SyncState
+from runtimed.document.runtime_state import LIFECYCLES, RuntimeStateWriter
+from runtimed.errors import InvalidRequest, NoKernel, ProtocolError, RuntimedError
+from runtimed.pools import EnvRequest
+from runtimed.protocol.framing import FRAME_CAP
+from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, dumps, typed
+from runtimed.protocol.transport import FramedProtocol
+
+if TYPE_CHECKING:
+    from runtimed.daemon.server import Daemon
+
+log = logging.getLogger(__name__)
+
+REQUIRED_HEADS_TIMEOUT = 10.0
+
+
+class Peer:
+    """One client connection in a room, with a sync state per document."""
+
+    def __init__(self, proto: FramedProtocol) -> None:
+        self.proto = proto
+        self.doc_sync = SyncState()
+        self.state_sync = SyncState()
+
+    def send(self, kind: int, body: bytes) -> None:
+        if not self.proto.closed:
+            self.proto.send(typed(kind, body))
+
+
+class Room:
+    def __init__(self, daemon: Daemon, notebook_id: str) -> None:
+        self.daemon = daemon
+        self.notebook_id = notebook_id
+        self.store = DocStore(daemon.config.state_dir / "notebooks", notebook_id)
+        self.doc = self.store.load()
+        notebook.set_notebook_id(self.doc, notebook_id)
+        self.store.record(self.doc)
+        self.state = Replica()
+        self.writer = RuntimeStateWriter(self.state)
+        self.peers: list[Peer] = []
+        self.runner: KernelRunner | None = None
+        self._starting: asyncio.Task[dict[str, Any]] | None = None
+        self._shut_down = False
+        self._flush_scheduled = False
+        self._doc_moved: asyncio.Future[None] | None = None
+        self._evict_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # peers and sync -----------------------------------------------------------------------------
+    def add_peer(self, proto: FramedProtocol) -> Peer:
+        if self._evict_timer is not None:
+            self._evict_timer.cancel()
+            self._evict_timer = None
+        peer = Peer(proto)
+        self.peers.append(peer)
+        welcome = {
+            "event": "welcome", "notebook_id": self.notebook_id,
+            "notebook_heads": [h.hex() for h in self.doc.heads],
+            "state_heads": [h.hex() for h in self.state.heads],
+        }
+        peer.send(BROADCAST, dumps(welcome))
+        self.schedule_flush()
+        return peer
+
+    def remove_peer(self, peer: Peer) -> None:
+        if peer in self.peers:
+            self.peers.remove(peer)
+        if not self.peers and not self.closed:
+            delay = self.daemon.config.keep_alive_secs
+            loop = asyncio.get_running_loop()
+            self._evict_timer = loop.call_later(delay, lambda: loop.create_task(self.daemon.evict(self)))
+
+    def on_doc_sync(self, peer: Peer, body: memoryview) -> None:
+        try:
+            changed = self.doc.receive(peer.doc_sync, body)
+        except Exception as exc:
+            raise ProtocolError(f"Malformed notebook sync message: {exc}") from None
+        if changed:
+            self.store.record(self.doc)
+            if self._doc_moved is not None and not self._doc_moved.done():
+                self._doc_moved.set_result(None)
+        self.schedule_flush()
+
+    def on_state_sync(self, peer: Peer, body: memoryview) -> None:
+        try:
+            self.state.receive(peer.state_sync, body)
+        except Exception as exc:
+            raise ProtocolError(f"Malformed runtime-state sync message: {exc}") from None
+        self.schedule_flush()
+
+    def doc_changed_locally(self) -> None:
+        """The daemon edited the notebook document itself."""
+        self.store.record(self.doc)
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send every peer what it lacks of either document, now."""
+        self._flush_scheduled = False
+        for peer in list(self.peers):
+            if peer.proto.closed:
+                continue
+            try:
+                msg = self.doc.generate(peer.doc_sync)
+                if msg is not None:
+                    peer.send(DOC_SYNC, msg)
+                msg = self.state.generate(peer.state_sync)
+                if msg is not None:
+                    if len(msg) >= FRAME_CAP:
+                        raise ProtocolError("Runtime state too large to sync in one frame")
+                    peer.send(STATE_SYNC, msg)
+            except ProtocolError as exc:
+                log.warning("%s: dropping a peer: %s", self.notebook_id, exc)
+                peer.proto.abort(exc)
+
+    async def wait_for_heads(self, hex_heads: list[str]) -> None:
+        """Wait (bounded) until the notebook document contains ``hex_heads``."""
+        try:
+            heads = [bytes.fromhex(h) for h in hex_heads]
+        except (TypeError, ValueError):
+            raise InvalidRequest("required_heads must be a list of hex strings") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUIRED_HEADS_TIMEOUT
+        while not self.doc.has_heads(heads):
+            if self._doc_moved is None or self._doc_moved.done():
+                self._doc_moved = loop.create_future()
+            remaining = deadline - loop.time()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._doc_moved), max(remaining, 0))
+            except asyncio.TimeoutError:
+                raise RuntimedError(
+                    f"Timed out after {REQUIRED_HEADS_TIMEOUT:.0f} s waiting for the client's "
+                    "latest edits to reach the daemon", notebook_id=self.notebook_id,
+                ) from None
+
+    # kernel ---------------------------------------------------------------------------------------
+    def kernel_info(self) -> dict[str, Any]:
+        runner = self.runner
+        alive = runner is not None and runner.alive
+        lifecycle = self._lifecycle()
+        status = "idle" if alive and runner is not None and runner.running is None and not runner.queue else (
+            "busy" if alive else lifecycle)
+        return {
+            "has_kernel": alive,
+            "kernel_type": runner.kernel_type if runner else None,
+            "kernel_status": status,
+            "env_source": runner.env_source if runner else None,
+        }
+
+    def _lifecycle(self) -> str:
+        from runtimed.document.runtime_state import read_kernel
+
+        return read_kernel(self.state).get("lifecycle", "not_started")
+
+    def _progress(self, phase: str, message: str) -> None:
+        fields: dict[str, Any] = {"progress": message}
+        if phase in LIFECYCLES:
+            fields["lifecycle"] = phase
+        self.writer.set_kernel(**fields)
+        self.schedule_flush()
+        log.info("%s: %s", self.notebook_id, message)
+
+    async def start_kernel(self, kernel_type: str | None = None, env_source: str | None = None,
+                           notebook_path: str | None = None, cwd: str | None = None) -> dict[str, Any]:
+        """Start the room's kernel, or return the running one (``reused``)."""
+        if self.runner is not None and self.runner.alive:
+            return {**self._started_info(), "reused": True}
+        if self._starting is None:
+            self._starting = asyncio.create_task(
+                self._start_kernel(kernel_type, env_source, notebook_path, cwd))
+            self._starting.add_done_callback(lambda _: setattr(self, "_starting", None))
+        return await asyncio.shield(self._starting)
+
+    def _started_info(self) -> dict[str, Any]:
+        assert self.runner is not None
+        return {"kernel_type": self.runner.kernel_type, "env_source": self.runner.env_source}
+
+    async def _start_kernel(self, kernel_type: str | None, env_source: str | None,
+                            notebook_path: str | None, cwd: str | None) -> dict[str, Any]:
+        daemon = self.daemon
+        metadata = notebook.get_metadata(self.doc)
+        self.writer.set_kernel(lifecycle="resolving", error=None, progress=None, activity=None)
+        self.schedule_flush()
+        prepared = pool = None
+        try:
+            launcher = daemon.launcher_for(kernel_type, metadata)
+            self.writer.set_kernel(kernel_type=launcher.kernel_type)
+            if self.runner is not None:  # a dead or shut-down kernel: hand its env back first
+                old, self.runner = self.runner, None
+                await old.shutdown()
+            path = Path(notebook_path).expanduser() if notebook_path else None
+            work_dir = path.parent if path else Path(cwd) if cwd and os.path.isdir(cwd) else Path.home()
+            if launcher.needs_env:
+                source, pool = daemon.pool_for(env_source)
+                self.writer.set_kernel(lifecycle="preparing_env", env_source=source)
+                self.schedule_flush()
+                cells = notebook.read_cells(self.doc)
+                prepared = await pool.acquire(
+                    EnvRequest(env_source=source, notebook_id=self.notebook_id, notebook_path=path,
+                               metadata=metadata,
+                               cell_sources=[c.source for c in cells if c.cell_type == "code"]),
+                    self._progress,
+                )
+            self.writer.set_kernel(env_source=prepared.env_source if prepared else launcher.kernel_type)
+            runner = KernelRunner(self, launcher, prepared, pool, work_dir)
+            await runner.start()
+        except BaseException as exc:
+            if prepared is not None and pool is not None:
+                await pool.release(prepared)
+            message = exc.message if isinstance(exc, RuntimedError) else f"{type(exc).__name__}: {exc}"
+            self.writer.set_kernel(lifecycle="error", error=message, activity=None, progress=None)
+            self.schedule_flush()
+            raise
+        self.runner = runner
+        self._shut_down = False
+        if "kernelspec" not in metadata and launcher.kernelspec:
+            notebook.set_metadata_value(self.doc, "kernelspec", dict(launcher.kernelspec))
+            self.doc_changed_locally()
+        self.flush()
+        return {**self._started_info(), "reused": False}
+
+    async def running_kernel(self, auto_start: bool) -> KernelRunner:
+        """The runner to execute on, starting one if none was ever started here."""
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+        if self.runner is not None and (self.runner.alive or self.runner.dead_reason):
+            return self.runner
+        if self._shut_down:
+            raise NoKernel("No kernel is running: it was shut down. Call start_kernel() to start one.",
+                           notebook_id=self.notebook_id)
+        if not auto_start:
+            raise NoKernel("No kernel is running. Call start_kernel() first.", notebook_id=self.notebook_id)
+        await self.start_kernel()
+        assert self.runner is not None
+        return self.runner
+
+    async def shutdown_kernel(self) -> None:
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._starting)
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.shutdown()
+            self._shut_down = True
+            self.writer.set_kernel(lifecycle="shutdown", activity=None, progress=None)
+            self.flush()
+
+    def forget_executions(self, execution_ids: set[str]) -> None:
+        for eid in execution_ids:
+            self.writer.forget_execution(eid)
+        for sink in self.daemon.sinks:
+            forget = getattr(sink, "forget", None)
+            if forget is not None:
+                forget(execution_ids)
+
+    async def close(self) -> None:
+        """Shut the kernel down and persist the document (eviction or daemon shutdown)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._evict_timer is not None:
+            self._evict_timer.cancel()
+        await self.shutdown_kernel()
+        self.store.close(self.doc)
+        for peer in list(self.peers):
+            peer.proto.close()

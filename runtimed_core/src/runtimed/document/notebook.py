@@ -1,0 +1,231 @@
+"""The notebook document: cells keyed by id with fractional positions, Text sources, metadata.
+
+::
+
+    ROOT: schema_version, notebook_id, cells/{cell_id}, metadata/
+    cells/{cell_id}: id, cell_type, position, source (Text), execution_count,
+                     execution_id, metadata/
+
+Every replica starts from the same deterministic skeleton (:func:`new_replica`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fractional_indexing import generate_key_between
+
+from runtimed.document.replica import (
+    ROOT, Int, Map, Null, Replica, Str, Text, put_json, splice_to,
+)
+from runtimed.errors import CellNotFound, InvalidRequest
+
+SCHEMA_VERSION = 1
+CELL_TYPES = ("code", "markdown", "raw")
+NOTEBOOK_METADATA = "notebook_metadata"
+_SKELETON_ACTOR = b"runtimed-schema1"  # 16 bytes; never change: it names the skeleton change
+
+
+@dataclass(frozen=True)
+class CellData:
+    """A cell as read from the document (sorted by position, then id)."""
+
+    id: str
+    cell_type: str
+    position: str
+    source: str
+    execution_count: int | None
+    execution_id: str | None
+    metadata: dict[str, Any]
+
+
+def new_replica() -> Replica:
+    """A replica holding the schema skeleton.
+
+    The skeleton is one change made with a fixed actor and timestamp, so every
+    replica everywhere (daemons, clients, before or after a restart) starts from
+    the *same* change: no two replicas can create competing ``cells`` maps.
+    """
+    replica = Replica(actor=_SKELETON_ACTOR)
+    with replica.change() as tx:
+        tx.put(ROOT, "schema_version", Int, SCHEMA_VERSION)
+        tx.put_object(ROOT, "cells", Map)
+        tx.put_object(ROOT, "metadata", Map)
+    replica.doc.set_actor(uuid.uuid4().bytes)
+    return replica
+
+
+def set_notebook_id(replica: Replica, notebook_id: str) -> None:
+    if replica.get(ROOT, "notebook_id") != notebook_id:
+        with replica.change() as tx:
+            tx.put(ROOT, "notebook_id", Str, notebook_id)
+
+
+def _cells_obj(replica: Replica) -> bytes:
+    cells = replica.get_obj(ROOT, "cells")
+    if cells is None:
+        raise InvalidRequest("Not a runtimed notebook document (no cells map)")
+    return cells
+
+
+def _cell_obj(replica: Replica, cell_id: str) -> bytes:
+    cell = replica.get_obj(_cells_obj(replica), cell_id)
+    if cell is None:
+        raise CellNotFound(cell_id)
+    return cell
+
+
+def new_cell_id() -> str:
+    return f"cell-{uuid.uuid4()}"
+
+
+def cell_ids(replica: Replica) -> list[str]:
+    """Cell ids in document order."""
+    cells = _cells_obj(replica)
+    order = []
+    for cid in replica.keys(cells):
+        obj = replica.get_obj(cells, cid)
+        order.append((replica.get(obj, "position") or "", cid))
+    return [cid for _, cid in sorted(order)]
+
+
+def add_cell(
+    replica: Replica,
+    source: str = "",
+    cell_type: str = "code",
+    *,
+    cell_id: str | None = None,
+    after: str | None = None,
+    index: int | None = None,
+) -> str:
+    """Insert a cell (at the end, after ``after``, or at ``index``); return its id."""
+    if cell_type not in CELL_TYPES:
+        raise InvalidRequest(f"Unknown cell_type {cell_type!r}; expected one of {', '.join(CELL_TYPES)}")
+    cells = _cells_obj(replica)
+    cell_id = cell_id or new_cell_id()
+    if replica.get_obj(cells, cell_id) is not None:
+        raise InvalidRequest(f"A cell with id {cell_id} already exists")
+    order = cell_ids(replica)
+    if after is not None:
+        if after not in order:
+            raise CellNotFound(after)
+        index = order.index(after) + 1
+    if index is None or index > len(order):
+        index = len(order)
+    index = max(0, index)
+    pos = lambda i: replica.get(replica.get_obj(cells, order[i]), "position")  # noqa: E731
+    lower = pos(index - 1) if index > 0 else None
+    upper = pos(index) if index < len(order) else None
+    if lower is not None and lower == upper:
+        # Concurrent inserts can give two cells the same position (ties sort by id); no key
+        # fits strictly between them, so the new cell goes right after the tied group.
+        upper = next((p for p in map(pos, range(index, len(order))) if p > lower), None)
+    position = generate_key_between(lower, upper)
+    with replica.change() as tx:
+        cell = tx.put_object(cells, cell_id, Map)
+        tx.put(cell, "id", Str, cell_id)
+        tx.put(cell, "cell_type", Str, cell_type)
+        tx.put(cell, "position", Str, position)
+        text = tx.put_object(cell, "source", Text)
+        if source:
+            tx.splice_text(text, 0, 0, source)
+        tx.put(cell, "execution_count", Null, None)
+        tx.put(cell, "execution_id", Null, None)
+        tx.put_object(cell, "metadata", Map)
+    return cell_id
+
+
+def read_cell(replica: Replica, cell_id: str) -> CellData:
+    cell = _cell_obj(replica, cell_id)
+    text = replica.get_obj(cell, "source")
+    meta = replica.get_obj(cell, "metadata")
+    return CellData(
+        id=cell_id,
+        cell_type=replica.get(cell, "cell_type") or "code",
+        position=replica.get(cell, "position") or "",
+        source=replica.text(text) if text is not None else "",
+        execution_count=replica.get(cell, "execution_count"),
+        execution_id=replica.get(cell, "execution_id"),
+        metadata=replica.to_py(meta) if meta is not None else {},
+    )
+
+
+def read_cells(replica: Replica) -> list[CellData]:
+    return [read_cell(replica, cid) for cid in cell_ids(replica)]
+
+
+def set_source(replica: Replica, cell_id: str, source: str) -> None:
+    """Replace a cell's source by a minimal splice, so concurrent edits merge by character."""
+    cell = _cell_obj(replica, cell_id)
+    text = replica.get_obj(cell, "source")
+    old = replica.text(text)
+    if old == source:
+        return
+    with replica.change() as tx:
+        splice_to(tx, text, old, source)
+
+
+def delete_cell(replica: Replica, cell_id: str) -> None:
+    cells = _cells_obj(replica)
+    _cell_obj(replica, cell_id)
+    with replica.change() as tx:
+        tx.delete(cells, cell_id)
+
+
+def set_execution(replica: Replica, cell_id: str, *, execution_id: str | None = None,
+                  execution_count: int | None = None) -> None:
+    """Point a cell at its latest execution and/or record its execution count (daemon only)."""
+    cells = _cells_obj(replica)
+    cell = replica.get_obj(cells, cell_id)
+    if cell is None:  # deleted meanwhile: nothing to annotate
+        return
+    with replica.change() as tx:
+        if execution_id is not None:
+            tx.put(cell, "execution_id", Str, execution_id)
+        if execution_count is not None:
+            tx.put(cell, "execution_count", Int, execution_count)
+
+
+# notebook-level metadata ----------------------------------------------------------------------
+def get_metadata(replica: Replica) -> dict[str, Any]:
+    meta = replica.get_obj(ROOT, "metadata")
+    return replica.to_py(meta) if meta is not None else {}
+
+
+def parse_metadata_json(key: str, value_json: str) -> Any:
+    try:
+        value = json.loads(value_json)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"Metadata for {key!r} is not valid JSON: {exc}") from None
+    if key == NOTEBOOK_METADATA and not isinstance(value, dict):
+        raise InvalidRequest(f"{NOTEBOOK_METADATA!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def set_metadata_value(replica: Replica, key: str, value: Any) -> None:
+    """Set one notebook metadata key, or (key ``notebook_metadata``) replace the whole mapping."""
+    if key == NOTEBOOK_METADATA and not isinstance(value, dict):
+        raise InvalidRequest(f"{NOTEBOOK_METADATA!r} must be a JSON object, got {type(value).__name__}")
+    meta = replica.get_obj(ROOT, "metadata")
+    with replica.change() as tx:
+        if meta is None:
+            meta = tx.put_object(ROOT, "metadata", Map)
+        if key == NOTEBOOK_METADATA:
+            for old in replica.keys(meta):
+                if old not in value:
+                    tx.delete(meta, old)
+            for k, v in value.items():
+                put_json(tx, meta, str(k), v)
+        else:
+            put_json(tx, meta, key, value)
+
+
+def get_metadata_json(replica: Replica, key: str) -> str | None:
+    meta = get_metadata(replica)
+    if key == NOTEBOOK_METADATA:
+        return json.dumps(meta)
+    return json.dumps(meta[key]) if key in meta else None
+

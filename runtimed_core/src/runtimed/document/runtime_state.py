@@ -1,0 +1,173 @@
+"""The runtime-state document: kernel lifecycle, execution queue, executions and their outputs.
+
+Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
+:func:`read_kernel` and :func:`read_execution`. It is not persisted.
+
+::
+
+    ROOT: kernel/   lifecycle, activity, error, kernel_type, env_source, progress
+          queue     [execution_id ...]   (queued, not yet running)
+          executions/{execution_id}: cell_id, status, source, execution_count,
+                                     success, error, failure, outputs [output ...]
+    (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
+    restarted, shutdown)
+
+An output is a map: streams are ``output_type``, ``name`` and ``text`` (Text,
+appended in place); every other output is ``output_type`` and ``json`` (the
+nbformat output as a JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runtimed.document.replica import ROOT, F64, Bool, Int, List, Map, Null, Replica, Str, Text
+
+LIFECYCLES = (
+    "not_started", "resolving", "preparing_env", "launching", "connecting",
+    "running", "error", "shutdown",
+)
+EXECUTION_STATUSES = ("queued", "running", "done", "error")
+
+
+def _put_scalar(tx: Any, obj: bytes, key: str, value: Any) -> None:
+    if value is None:
+        tx.put(obj, key, Null, None)
+    elif isinstance(value, bool):
+        tx.put(obj, key, Bool, value)
+    elif isinstance(value, int):
+        tx.put(obj, key, Int, value)
+    elif isinstance(value, float):
+        tx.put(obj, key, F64, value)
+    else:
+        tx.put(obj, key, Str, str(value))
+
+
+class RuntimeStateWriter:
+    """The daemon's handle on a room's runtime-state document (object ids cached)."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        with replica.change() as tx:
+            self.kernel = tx.put_object(ROOT, "kernel", Map)
+            for key, value in (("lifecycle", "not_started"), ("activity", None), ("error", None),
+                               ("kernel_type", None), ("env_source", None), ("progress", None)):
+                _put_scalar(tx, self.kernel, key, value)
+            self.queue = tx.put_object(ROOT, "queue", List)
+            self.executions = tx.put_object(ROOT, "executions", Map)
+        self._exec_objs: dict[str, tuple[bytes, bytes]] = {}  # eid -> (execution map, outputs list)
+        self._queued: list[str] = []
+
+    def set_kernel(self, **fields: Any) -> None:
+        with self.replica.change() as tx:
+            for key, value in fields.items():
+                _put_scalar(tx, self.kernel, key, value)
+
+    # executions -------------------------------------------------------------------------------
+    def add_execution(self, execution_id: str, cell_id: str, source: str) -> None:
+        with self.replica.change() as tx:
+            ex = tx.put_object(self.executions, execution_id, Map)
+            for key, value in (("cell_id", cell_id), ("status", "queued"), ("source", source),
+                               ("execution_count", None), ("success", None), ("error", None),
+                               ("failure", None)):
+                _put_scalar(tx, ex, key, value)
+            outputs = tx.put_object(ex, "outputs", List)
+            tx.insert(self.queue, len(self._queued), Str, execution_id)
+        self._queued.append(execution_id)
+        self._exec_objs[execution_id] = (ex, outputs)
+
+    def _dequeue(self, tx: Any, execution_id: str) -> None:
+        if execution_id in self._queued:
+            tx.delete(self.queue, self._queued.index(execution_id))
+            self._queued.remove(execution_id)
+
+    def update_execution(self, execution_id: str, **fields: Any) -> None:
+        """Set fields of an execution; leaving ``queued`` status removes it from the queue."""
+        ex, _ = self._exec_objs[execution_id]
+        with self.replica.change() as tx:
+            if fields.get("status", "queued") != "queued":
+                self._dequeue(tx, execution_id)
+            for key, value in fields.items():
+                _put_scalar(tx, ex, key, value)
+
+    def forget_execution(self, execution_id: str) -> None:
+        """Drop an old execution's record (outputs included) to bound the document's working set."""
+        if execution_id in self._exec_objs and execution_id not in self._queued:
+            del self._exec_objs[execution_id]
+            with self.replica.change() as tx:
+                tx.delete(self.executions, execution_id)
+
+    # outputs ----------------------------------------------------------------------------------
+    def outputs_obj(self, execution_id: str) -> bytes:
+        return self._exec_objs[execution_id][1]
+
+    def append_output(self, execution_id: str, index: int, output: dict[str, Any]) -> None:
+        outputs = self.outputs_obj(execution_id)
+        with self.replica.change() as tx:
+            out = tx.insert_object(outputs, index, Map)
+            tx.put(out, "output_type", Str, output["output_type"])
+            if output["output_type"] == "stream":
+                tx.put(out, "name", Str, output["name"])
+                text = tx.put_object(out, "text", Text)
+                if output["text"]:
+                    tx.splice_text(text, 0, 0, output["text"])
+            else:
+                tx.put(out, "json", Str, json.dumps(output))
+
+    def splice_stream(self, execution_id: str, index: int, start: int, delete: int, text: str) -> None:
+        outputs = self.outputs_obj(execution_id)
+        out = self.replica.get_obj(outputs, index)
+        text_obj = self.replica.get_obj(out, "text")
+        with self.replica.change() as tx:
+            tx.splice_text(text_obj, start, delete, text)
+
+    def replace_output(self, execution_id: str, index: int, output: dict[str, Any]) -> None:
+        outputs = self.outputs_obj(execution_id)
+        out = self.replica.get_obj(outputs, index)
+        if out is not None:
+            with self.replica.change() as tx:
+                tx.put(out, "json", Str, json.dumps(output))
+
+    def clear_outputs(self, execution_id: str) -> None:
+        outputs = self.outputs_obj(execution_id)
+        n = self.replica.length(outputs)
+        if n:
+            with self.replica.change() as tx:
+                for i in range(n - 1, -1, -1):
+                    tx.delete(outputs, i)
+
+
+# reading (clients and daemon) ---------------------------------------------------------------
+def read_kernel(replica: Replica) -> dict[str, Any]:
+    kernel = replica.get_obj(ROOT, "kernel")
+    return replica.to_py(kernel) if kernel is not None else {"lifecycle": "not_started"}
+
+
+def _read_output(replica: Replica, out: bytes) -> dict[str, Any]:
+    kind = replica.get(out, "output_type")
+    if kind == "stream":
+        text = replica.get_obj(out, "text")
+        return {"output_type": "stream", "name": replica.get(out, "name"),
+                "text": replica.text(text) if text is not None else ""}
+    return json.loads(replica.get(out, "json") or "{}")
+
+
+def read_execution(replica: Replica, execution_id: str) -> dict[str, Any] | None:
+    executions = replica.get_obj(ROOT, "executions")
+    ex = replica.get_obj(executions, execution_id) if executions is not None else None
+    if ex is None:
+        return None
+    outputs = replica.get_obj(ex, "outputs")
+    result = {key: replica.get(ex, key) for key in
+              ("cell_id", "status", "source", "execution_count", "success", "error", "failure")}
+    result["execution_id"] = execution_id
+    result["outputs"] = [
+        _read_output(replica, replica.get_obj(outputs, i)) for i in range(replica.length(outputs))
+    ] if outputs is not None else []
+    return result
+
+
+def queued_ids(replica: Replica) -> list[str]:
+    queue = replica.get_obj(ROOT, "queue")
+    return [replica.get(queue, i) for i in range(replica.length(queue))] if queue is not None else []

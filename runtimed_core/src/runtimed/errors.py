@@ -1,0 +1,123 @@
+"""Errors raised by runtimed.
+
+Every error a user can see is a :class:`RuntimedError`. The tree::
+
+    RuntimedError
+    ├── DaemonUnavailable          no daemon at the socket (and auto-start was off or failed)
+    ├── NotConnected               a call that needs a connection was made without one
+    ├── ProtocolError              malformed frames, bad handshakes, unknown requests
+    ├── CellNotFound (LookupError) a cell id that is not in the notebook
+    ├── InvalidRequest (ValueError) bad arguments: markdown cell executed, malformed metadata JSON
+    ├── KernelError                anything about the kernel
+    │   ├── NoKernel               no kernel runs (it was shut down, or never started)
+    │   ├── KernelLaunchFailed     the kernel process did not come up (carries its stderr tail)
+    │   └── KernelDied             the kernel process exited while it had work
+    ├── ExecutionTimeout (TimeoutError)
+    ├── EnvironmentFailed          a pool or environment could not provide an env
+    └── PluginError                a plugin is missing, broken, or clashes with another
+
+Errors cross the wire as ``{"type": <class name>, "message": ..., **context}``;
+:func:`error_to_wire` and :func:`error_from_wire` are the two halves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RuntimedError(Exception):
+    """Base class of every runtimed error. ``context`` holds ids that locate the problem."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = {k: v for k, v in context.items() if v is not None}
+
+    @property
+    def cell_id(self) -> str | None:
+        return self.context.get("cell_id")
+
+    @property
+    def notebook_id(self) -> str | None:
+        return self.context.get("notebook_id")
+
+    @property
+    def env_source(self) -> str | None:
+        return self.context.get("env_source")
+
+
+class DaemonUnavailable(RuntimedError):
+    pass
+
+
+class NotConnected(RuntimedError):
+    pass
+
+
+class ProtocolError(RuntimedError):
+    pass
+
+
+class CellNotFound(RuntimedError, LookupError):
+    def __init__(self, cell_id: str, **context: Any) -> None:
+        super().__init__(f"Cell not found: {cell_id}", cell_id=cell_id, **context)
+
+
+class InvalidRequest(RuntimedError, ValueError):
+    pass
+
+
+class KernelError(RuntimedError):
+    pass
+
+
+class NoKernel(KernelError):
+    pass
+
+
+class KernelLaunchFailed(KernelError):
+    pass
+
+
+class KernelDied(KernelError):
+    pass
+
+
+class ExecutionTimeout(RuntimedError, TimeoutError):
+    pass
+
+
+class EnvironmentFailed(RuntimedError):
+    pass
+
+
+class PluginError(RuntimedError):
+    pass
+
+
+_BY_NAME: dict[str, type[RuntimedError]] = {
+    cls.__name__: cls
+    for cls in (
+        RuntimedError, DaemonUnavailable, NotConnected, ProtocolError, InvalidRequest,
+        KernelError, NoKernel, KernelLaunchFailed, KernelDied, ExecutionTimeout,
+        EnvironmentFailed, PluginError,
+    )
+}
+
+
+def error_to_wire(exc: BaseException) -> dict[str, Any]:
+    """Encode an exception for a response frame; non-runtimed errors become plain RuntimedError."""
+    if isinstance(exc, RuntimedError):
+        return {"type": type(exc).__name__, "message": exc.message, **exc.context}
+    return {"type": "RuntimedError", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def error_from_wire(payload: dict[str, Any]) -> RuntimedError:
+    """Rebuild the exception a response frame describes."""
+    payload = dict(payload)
+    kind = payload.pop("type", "RuntimedError")
+    message = str(payload.pop("message", "unknown error"))
+    if kind == "CellNotFound" and "cell_id" in payload:
+        cell_id = payload.pop("cell_id")
+        return CellNotFound(cell_id, **payload)
+    return _BY_NAME.get(kind, RuntimedError)(message, **payload)

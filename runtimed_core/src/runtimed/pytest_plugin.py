@@ -1,0 +1,169 @@
+"""pytest fixtures for testing against a real, isolated runtimed daemon.
+
+Registered through ``pytest11`` and passive: nothing happens unless a test asks
+for a fixture. Every daemon gets its own socket, cache, state and log
+directories under pytest's temporary directory, and is stopped afterwards.
+
+Fixtures:
+
+``runtimed_daemon`` (session scope)
+    One isolated daemon shared by the test session (uv pool of 2).
+``runtimed_daemon_factory``
+    Start extra daemons with your own options; all are stopped after the test.
+``runtimed_session_factory``
+    ``factory(notebook_id=None)`` returns connected :class:`runtimed.Session` objects
+    on ``runtimed_daemon``; their kernels are shut down and sessions closed afterwards.
+``runtimed_session``
+    One connected session on ``runtimed_daemon``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtimed.client.sync import DaemonClient, Session
+from runtimed.errors import RuntimedError
+
+START_TIMEOUT = 60.0
+
+
+class DaemonProcess:
+    """A daemon started for tests: its directories, process, and clients bound to it."""
+
+    def __init__(self, root: Path, *, uv_pool_size: int = 2, keep_alive_secs: float = 2.0,
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        self.socket_path = root / "runtimed.sock"
+        self.cache_dir = root / "cache"
+        self.state_dir = root / "state"
+        self.blob_store_dir = root / "blobs"
+        self.log_path = root / "daemon.log"
+        self.args = [
+            "--socket", str(self.socket_path), "--cache-dir", str(self.cache_dir),
+            "--state-dir", str(self.state_dir), "--blob-store-dir", str(self.blob_store_dir),
+            "--uv-pool-size", str(uv_pool_size), "--keep-alive-secs", str(keep_alive_secs),
+            "--log-level", "debug", *(extra_args or []),
+        ]
+        self.env = {**os.environ, "RUNTIMED_LOG_DIR": str(root / "logs"), **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        """Start the process and wait until it answers pings."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "runtimed", "run", *self.args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.client().ping():
+            if self.process.poll() is not None:
+                raise RuntimedError(f"Test daemon exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimedError(f"Test daemon did not answer within {START_TIMEOUT} s:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def client(self) -> DaemonClient:
+        return DaemonClient(socket_path=self.socket_path)
+
+    def session(self, notebook_id: str | None = None) -> Session:
+        return Session(notebook_id, socket_path=self.socket_path)
+
+    def wait_for_pool(self, available: int = 1, family: str = "uv", timeout: float = 300.0) -> None:
+        """Block until the pool has ``available`` ready environments."""
+        deadline = time.monotonic() + timeout
+        while self.client().status().get(f"{family}_available", 0) < available:
+            if time.monotonic() > deadline:
+                raise RuntimedError(f"{family} pool did not fill within {timeout} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (and nothing else: its kernels are orphaned as in a real crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Graceful stop (SIGTERM), then SIGKILL of the whole process group if needed."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def runtimed_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """A shared isolated daemon for the test session."""
+    daemon = DaemonProcess(tmp_path_factory.mktemp("runtimed-daemon"), uv_pool_size=2).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def runtimed_daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., DaemonProcess]]:
+    """``factory(**options)`` starts an isolated daemon; all are stopped after the test."""
+    started: list[DaemonProcess] = []
+
+    def factory(root: Path | None = None, **options: Any) -> DaemonProcess:
+        daemon = DaemonProcess(root or tmp_path_factory.mktemp("runtimed-daemon"), **options)
+        started.append(daemon)
+        return daemon.start()
+
+    try:
+        yield factory
+    finally:
+        for daemon in started:
+            daemon.stop()
+
+
+@pytest.fixture
+def runtimed_session_factory(runtimed_daemon: DaemonProcess) -> Iterator[Callable[..., Session]]:
+    """``factory(notebook_id=None)``: connected sessions on the shared daemon, cleaned up after."""
+    sessions: list[Session] = []
+
+    def factory(notebook_id: str | None = None, *, daemon: DaemonProcess | None = None) -> Session:
+        session = (daemon or runtimed_daemon).session(notebook_id)
+        sessions.append(session)
+        session.connect()
+        return session
+
+    try:
+        yield factory
+    finally:
+        for session in reversed(sessions):
+            with contextlib.suppress(RuntimedError):
+                session.__exit__(None, None, None)
+
+
+@pytest.fixture
+def runtimed_session(runtimed_session_factory: Callable[..., Session]) -> Session:
+    """A connected session on the shared daemon (kernel shut down afterwards)."""
+    return runtimed_session_factory()
