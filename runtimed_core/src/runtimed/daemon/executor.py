@@ -82,8 +82,11 @@ class KernelRunner:
         room.schedule_flush()
         process = KernelProcess(self.launcher, room.daemon.runtime_dir)
         room.writer.set_kernel(lifecycle="connecting")
+        started = asyncio.get_running_loop().time()
         await process.start(notebook_id=room.notebook_id, cwd=self.cwd, env=self.env)
         self.process = process
+        log.info("%s: %s kernel ready in %.2f s (pid %s, %s)", room.notebook_id, self.kernel_type,
+                 asyncio.get_running_loop().time() - started, process.pid, self.env_source)
         self.dead_reason = None
         room.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None)
         room.schedule_flush()
@@ -118,7 +121,7 @@ class KernelRunner:
 
     async def _watch(self, process: KernelProcess) -> None:
         assert process.exited is not None
-        await process.exited
+        await asyncio.shield(process.exited)  # cancelling this watcher must not cancel the future
         if process.closing or process is not self.process:
             return
         reason = process.death_message()

@@ -92,6 +92,7 @@ class KernelProcess:
             ctx.stderr = stderr
             try:
                 self.process = await self.launcher.launch(ctx)
+                log.debug("Launched %s kernel pid %d", self.launcher.kernel_type, self.process.pid)
             except OSError as exc:
                 raise KernelLaunchFailed(
                     f"Could not start the {self.launcher.kernel_type} kernel: {exc}"
@@ -246,6 +247,10 @@ class KernelProcess:
                     path.unlink()
 
     @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
@@ -257,6 +262,7 @@ class KernelProcess:
     async def _watch_process(self) -> None:
         assert self.process is not None and self.exited is not None
         code = await self.process.wait()
+        log.debug("Kernel pid %d exited with %s", self.process.pid, code)
         if not self.exited.done():
             self.exited.set_result(code)
 

@@ -86,6 +86,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopping.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()  # stale: we hold the lock, so no live daemon owns it
         old_umask = os.umask(0o177)
@@ -222,6 +224,16 @@ class Daemon:
         return Connection(self).proto
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: log every task's stack (what is the daemon waiting for?)."""
+    import io
+
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(file=out)
+        log.warning("Task %s:\n%s", task.get_name(), out.getvalue())
+
+
 class Connection:
     """The daemon's side of one client connection: handshake, then a channel's frames."""
 
@@ -241,6 +253,8 @@ class Connection:
     def _on_close(self, exc: BaseException | None) -> None:
         if exc is not None:
             log.info("Closed a connection: %s", exc)
+        else:
+            log.debug("A %s connection closed", self.channel)
         if self.room is not None and self.peer is not None:
             self.room.remove_peer(self.peer)
         for task in self._tasks:
