@@ -245,12 +245,24 @@ def test_flush_discards_ready_and_in_progress_envs_and_rebuilds(tmp_path: Path) 
     assert on_disk(pool) == [new.name], "flushed and abandoned envs are deleted"
 
 
-def _copy_env(src: Path, **marker_changes: object) -> Path:
-    """A copy of a ready env (they are relocatable) with an edited marker."""
+def _copy_env(src: Path, *, only: tuple[str, ...] = (), **marker_changes: object) -> Path:
+    """A hard-linked copy of a ready env (they are relocatable) with an edited marker.
+
+    ``only`` limits the copy to some top-level entries (plus the marker).
+    """
     dst = src.with_name(f"uv-prewarmed-{uuid.uuid4().hex}")
-    shutil.copytree(src, dst, symlinks=True)
+    if only:
+        dst.mkdir()
+        for name in (*only, ".warmed"):
+            if (src / name).is_dir():
+                shutil.copytree(src / name, dst / name, symlinks=True, copy_function=os.link)
+            else:
+                os.link(src / name, dst / name)
+    else:
+        shutil.copytree(src, dst, symlinks=True, copy_function=os.link)
     marker = json.loads((dst / ".warmed").read_text())
     marker.update(marker_changes)
+    (dst / ".warmed").unlink()  # a hard link: do not edit the original's marker
     (dst / ".warmed").write_text(json.dumps(marker))
     return dst
 
@@ -272,31 +284,42 @@ def test_start_reuses_a_valid_env_and_deletes_the_rest(tmp_path: Path) -> None:
     stale = _copy_env(kept, created=created - 3 * 24 * 3600)
     older = _copy_env(kept, created=created - 3600)  # valid, but beyond the pool size
     other_packages = _copy_env(kept, packages=["ipykernel", "ipywidgets", "numpy"])
-    broken = _copy_env(kept)
-    shutil.rmtree(next(broken.glob("lib/python*/site-packages/ipykernel")))
-    no_python = _copy_env(kept)
-    (no_python / "bin" / "python").unlink()
+    broken = _copy_env(kept, only=("bin", "pyvenv.cfg"))  # python runs, ipykernel is missing
+    no_python = _copy_env(kept, only=("pyvenv.cfg",))
     unmarked = envs / f"uv-prewarmed-{uuid.uuid4().hex}"
-    unmarked.mkdir()
+    shutil.copytree(kept, unmarked, symlinks=True, copy_function=os.link)
+    (unmarked / ".warmed").unlink()
     half_built = envs / f"uv-building-{uuid.uuid4().hex}"
-    shutil.copytree(kept, half_built, symlinks=True)
+    shutil.copytree(kept, half_built, symlinks=True, copy_function=os.link)
 
-    second = make_pool(tmp_path, size=1)
+    # A pool of 3 keeps the two valid envs, deletes everything else, builds the third.
+    second = make_pool(tmp_path, size=3)
+
+    async def restart() -> None:
+        await second.start()
+        assert second.status() == PoolStatus(available=2, warming=1, target=3)
+        await second.stop()
+
+    asyncio.run(restart())
+    for gone in (stale, other_packages, broken, no_python, unmarked, half_built):
+        assert not gone.exists(), gone.name
+    assert on_disk(second) == sorted([kept.name, older.name])
+
+    # A pool of 1 keeps the newest valid env and hands it out without building.
+    third = make_pool(tmp_path, size=1)
     progress = Recorder()
 
-    async def restart() -> PreparedEnv:
-        await second.start()
-        assert second.status() == PoolStatus(available=1, warming=0, target=1)
-        env = await second.acquire(REQUEST, progress)
-        await second.stop()
+    async def restart_smaller() -> PreparedEnv:
+        await third.start()
+        assert third.status() == PoolStatus(available=1, warming=0, target=1)
+        env = await third.acquire(REQUEST, progress)
+        await third.stop()
         return env
 
-    env = asyncio.run(restart())
+    env = asyncio.run(restart_smaller())
     assert env.prefix == kept
     assert progress.events == []
-    for gone in (stale, older, other_packages, broken, no_python, unmarked, half_built):
-        assert not gone.exists(), gone.name
-    assert on_disk(second) == [kept.name]
+    assert on_disk(third) == [kept.name]
 
 
 @pytest.mark.slow

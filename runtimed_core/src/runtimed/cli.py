@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,44 @@ def _run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[field] = value
     config = DaemonConfig(**overrides)
+    on_ready = _detach() if args.detach else None
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
     )
-    asyncio.run(Daemon(config).serve())
+    try:
+        asyncio.run(Daemon(config).serve(on_ready=on_ready))
+    except RuntimedError as exc:
+        if on_ready is not None:
+            on_ready(str(exc))
+        raise
     return 0
+
+
+def _detach():  # noqa: ANN202
+    """Fork into the background; the parent exits once the child listens (0) or fails (1).
+
+    Returns the child's ``on_ready(error=None)`` callback that releases the parent.
+    """
+    read_end, write_end = os.pipe()
+    if os.fork() != 0:  # parent: wait for the child's word, then exit with it
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            word = pipe.read().decode(errors="replace")
+        if word != "ok":
+            print(f"runtimed: error: {word or 'the daemon exited during start-up'}", file=sys.stderr)
+        os._exit(0 if word == "ok" else 1)
+    os.close(read_end)
+    os.setsid()
+
+    def on_ready(error: str | None = None) -> None:
+        nonlocal write_end
+        if write_end >= 0:
+            os.write(write_end, (error or "ok").encode())
+            os.close(write_end)
+            write_end = -1
+
+    return on_ready
 
 
 def _client(args: argparse.Namespace):  # noqa: ANN202 - the sync client
@@ -123,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-alive-secs", type=float,
                      help="seconds an abandoned room keeps its kernel (env RUNTIMED_KEEP_ALIVE_SECS, default 30)")
     run.add_argument("--log-level", help="debug, info, warning, error (env RUNTIMED_LOG_LEVEL)")
+    run.add_argument("--detach", action="store_true",
+                     help="run in the background; return once the daemon listens")
     run.set_defaults(func=_run)
 
     for name, func, doc, has_json in (

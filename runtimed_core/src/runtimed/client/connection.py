@@ -7,7 +7,6 @@ import itertools
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,18 +33,22 @@ async def _open(socket_path: Path, on_frame: Callable[[bytes], None],
     return proto
 
 
-def start_daemon_process(socket_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``runtimed run`` detached, logging to the log dir."""
+def start_daemon(socket_path: Path) -> None:
+    """Start ``runtimed run --detach`` (logging to the log dir); return once it listens."""
     log_dir = paths.private_dir(paths.log_dir())
-    log_file = open(log_dir / "runtimed.log", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "runtimed", "run", "--socket", str(socket_path)],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            start_new_session=True, close_fds=True,
+    log_path = log_dir / "runtimed.log"
+    with open(log_path, "ab") as log_file:
+        result = subprocess.run(
+            [sys.executable, "-m", "runtimed", "run", "--detach", "--socket", str(socket_path)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, close_fds=True,
+            timeout=AUTOSTART_TIMEOUT,
         )
-    finally:
-        log_file.close()
+    if result.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+        # a concurrent client may have won the race: its daemon holds the lock and serves us
+        if not any("already running" in line for line in tail):
+            raise DaemonUnavailable(
+                f"The runtimed daemon could not start: {' '.join(tail) or 'no output'} (log: {log_path})")
 
 
 async def connect(socket_path: Path, on_frame: Callable[[bytes], None],
@@ -62,27 +65,15 @@ async def connect(socket_path: Path, on_frame: Callable[[bytes], None],
             f"No runtimed daemon is running at {socket_path}{hint}. "
             f"Start one with `runtimed run --socket {socket_path}`."
         ) from first_error
-    proc = start_daemon_process(socket_path)
-    deadline = time.monotonic() + AUTOSTART_TIMEOUT
-    delay = 0.02
-    while True:
+    await asyncio.get_running_loop().run_in_executor(None, start_daemon, socket_path)
+    for _ in range(100):  # normally at once; longer only if another client's daemon is starting
         try:
             return await _open(socket_path, on_frame, on_close)
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass
-        code = proc.poll()
-        if code is not None and code != 0:
-            log = paths.log_dir() / "runtimed.log"
-            raise DaemonUnavailable(
-                f"The runtimed daemon could not start (exit code {code}); see {log}"
-            ) from None
-        if time.monotonic() > deadline:
-            raise DaemonUnavailable(
-                f"Started a runtimed daemon but it did not listen on {socket_path} "
-                f"within {AUTOSTART_TIMEOUT:.0f} s"
-            )
-        await asyncio.sleep(delay)  # start-up only: the daemon gives no other signal
-        delay = min(delay * 1.5, 0.25)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            first_error = exc
+        await asyncio.sleep(0.1)
+    raise DaemonUnavailable(
+        f"Started a runtimed daemon but cannot connect to {socket_path}: {first_error}") from first_error
 
 
 class Channel:

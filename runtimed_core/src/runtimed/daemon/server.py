@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,12 @@ class Daemon:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
-    async def serve(self, ready: asyncio.Event | None = None) -> None:
-        """Run until :meth:`stop` (a ``shutdown`` request, SIGTERM or SIGINT)."""
+    async def serve(self, ready: asyncio.Event | None = None,
+                    on_ready: Callable[[], None] | None = None) -> None:
+        """Run until :meth:`stop` (a ``shutdown`` request, SIGTERM or SIGINT).
+
+        ``ready`` is set and ``on_ready`` called once the socket accepts connections.
+        """
         config = self.config
         sock = config.socket_path
         if not sock.parent.exists() or sock.parent == paths.cache_dir():
@@ -102,6 +107,8 @@ class Daemon:
             await pool.start()
         if ready is not None:
             ready.set()
+        if on_ready is not None:
+            on_ready()
         try:
             await self._stopping.wait()
         finally:

@@ -1,0 +1,1303 @@
+#!/usr/bin/env python
+"""runtimed vs plain jupyter_client, side by side, on this machine (issue 6).
+
+    uv run python bench/run.py [--quick] [--scenarios start,roundtrip] [--out bench/results/latest.json]
+
+Every scenario starts its own isolated daemon (its own socket, cache, state and
+log directories under a temporary root, see ``runtimed.pytest_plugin.DaemonProcess``)
+so a user's daemon is never touched, and runs the plain jupyter_client
+equivalent on the same interpreter and the same ipykernel (a uv venv built with
+the very commands the uv pool uses). Results go to a JSON file and a markdown
+table on stdout. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "memory", "pool", "restart")
+KERNEL_NAME = "bench-python"
+#: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
+POOL_PACKAGES = ("ipykernel", "ipywidgets")
+POOL_WARM_UP = "import ipykernel.kernelapp, ipywidgets"
+
+# Targets from issue 6 (benchmark figures, not timed tests).
+TARGETS = {
+    "start": "<= 0.6 s (<= 100 ms with hot kernels)",
+    "roundtrip_p50": "<= 6 ms and <= 1.6x jc",
+    "roundtrip_growth": "last 25 <= 1.2x first 25",
+    "lines_10k": "<= 0.15 s",
+    "lines_100k": "complete, <= 1.5x jc",
+    "propagation": "<= 5 ms median",
+    "rss_idle": "<= 45 MB",
+    "rss_per_kernel": "<= 5 MB",
+    "restart": "<= 0.7 s",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# small utilities
+# --------------------------------------------------------------------------------------------
+
+class BenchTimeout(Exception):
+    """A measured operation did not finish within its watchdog."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float, what: str) -> Iterator[None]:
+    """Raise :class:`BenchTimeout` in the main thread after ``seconds`` (SIGALRM).
+
+    The sync runtimed API blocks on a future without a timeout; a signal interrupts
+    that wait, so a hung daemon cannot hang the harness. Nesting restores the outer timer.
+    """
+    def fire(signum: int, frame: Any) -> None:
+        raise BenchTimeout(f"{what}: no result after {seconds:g} s")
+
+    outer_handler = signal.signal(signal.SIGALRM, fire)
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, outer_handler)
+        if outer_left:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, outer_left - (time.monotonic() - started)))
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default)."""
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    pos = q * (len(data) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values) if values else None,
+        "p95": quantile(values, 0.95) if values else None,
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+        "samples": [round(v, 6) for v in values],
+    }
+
+
+def blocks(values: list[float], size: int = 25) -> list[float]:
+    return [statistics.median(values[i:i + size]) for i in range(0, len(values) - size + 1, size)]
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_mb(nbytes: float | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:.1f} MB"
+
+
+def rss_bytes(pid: int) -> int | None:
+    """VmRSS of ``pid`` from /proc, in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, cmdline) for every process we can read."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry)] = (ppid, cmd)
+    return table
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    table = _proc_table()
+    out: list[tuple[int, str]] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, cmd) in table.items():
+            if ppid == parent:
+                out.append((child, cmd))
+                frontier.append(child)
+    return out
+
+
+def kernel_pids(parent: int) -> list[int]:
+    return [p for p, cmd in descendants(parent) if "ipykernel_launcher" in cmd]
+
+
+def kill_leftovers(marker: str) -> list[int]:
+    """SIGKILL processes whose command line mentions our private temp root (kernels, uv)."""
+    killed = []
+    for pid, (_, cmd) in _proc_table().items():
+        if pid != os.getpid() and marker in cmd:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def find_uv() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if not found:
+            raise RuntimeError("uv not found on PATH") from None
+        return found
+
+
+def build_env(path: Path, env: dict[str, str] | None = None) -> float:
+    """Build a venv with ipykernel the way the uv pool does; return seconds taken."""
+    uv_bin = find_uv()
+    started = time.perf_counter()
+    env = {**os.environ, **(env or {})}
+    for argv in (
+        [uv_bin, "venv", "--quiet", "--relocatable", "--no-python-downloads", "--python", sys.executable,
+         str(path)],
+        [uv_bin, "pip", "install", "--quiet", "--no-python-downloads", "--python", str(path / "bin" / "python"),
+         "--compile-bytecode", *POOL_PACKAGES],
+        [str(path / "bin" / "python"), "-c", POOL_WARM_UP],
+    ):
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:3])} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the runtimed side: isolated daemons
+# --------------------------------------------------------------------------------------------
+
+class Bench:
+    """Run-wide state: temp root, baseline env, options, and everything to clean up."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.root = Path(tempfile.mkdtemp(prefix="runtimed-bench-"))
+        self.daemons: list[Any] = []
+        self.kernel_managers: list[Any] = []
+        self.baseline_env = self.root / "baseline-env"
+        self.baseline_python = self.baseline_env / "bin" / "python"
+        self.specs_dir = self.root / "kernelspecs"
+        self.baseline_build_secs: float | None = None
+        self.failure_diagnostics: dict[str, Any] = {}
+        self.cache_was_warm = False
+        # A uv cache of the bench's own: uv hard-links env files to its cache, so anything that
+        # writes into an env's files (a test breaking ipykernel on purpose, say) changes the shared
+        # cache too. Its first use is a cold build; after that it is the warm cache.
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.uv_cache = Path(args.uv_cache_dir or cache_home / "runtimed-bench" / "uv")
+        self.uv_env = {"UV_CACHE_DIR": str(self.uv_cache)}
+
+    # -- runtimed -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def daemon(self, name: str, *, uv_pool_size: int = 2, env: dict[str, str] | None = None,
+               wait: bool = True) -> Iterator[Any]:
+        """A fresh isolated daemon for one scenario; stopped (and its kernels reaped) afterwards."""
+        from runtimed.pytest_plugin import DaemonProcess
+
+        root = self.root / f"daemon-{name}-{uuid.uuid4().hex[:6]}"
+        daemon = DaemonProcess(root, uv_pool_size=uv_pool_size, keep_alive_secs=1.0,
+                               extra_args=["--log-level", self.args.daemon_log_level],
+                               env={**self.uv_env, **(env or {})})
+        self.daemons.append(daemon)
+        try:
+            with watchdog(90, "daemon start"):
+                daemon.start()
+            if wait and uv_pool_size:
+                self.wait_pool(daemon, uv_pool_size)
+            yield daemon
+        except Exception:
+            # while the daemon still runs: its log tail and Python stacks (for hangs)
+            self.failure_diagnostics = daemon_diagnostics(daemon)
+            raise
+        finally:
+            self.stop_daemon(daemon)
+
+    def stop_daemon(self, daemon: Any) -> None:
+        with contextlib.suppress(Exception):
+            with watchdog(40, "daemon stop"):
+                daemon.stop()
+        if daemon.process is not None:  # the watchdog fired: kill its process group
+            with contextlib.suppress(Exception):
+                os.killpg(daemon.process.pid, signal.SIGKILL)
+            daemon.process = None
+        kill_leftovers(str(daemon.root))
+        with contextlib.suppress(ValueError):
+            self.daemons.remove(daemon)
+
+    def wait_pool(self, daemon: Any, available: int, timeout: float = 300.0) -> None:
+        """Until the uv pool holds ``available`` envs and builds nothing (refills finished)."""
+        deadline = time.monotonic() + timeout
+        client = daemon.client()
+        while True:
+            status = client.status()
+            if status.get("uv_available", 0) >= available and not status.get("uv_warming", 0):
+                return
+            if time.monotonic() > deadline:
+                raise BenchTimeout(f"uv pool did not reach {available} within {timeout:g} s: {status}")
+            time.sleep(0.05)
+
+    # -- jupyter_client -------------------------------------------------------------------------
+    def prepare_baseline(self) -> None:
+        """The env the jupyter_client kernels run in: same interpreter, same ipykernel as the pool."""
+        log(f"building the baseline env (uv venv + {' '.join(POOL_PACKAGES)}) in {self.baseline_env}")
+        self.cache_was_warm = self.uv_cache.is_dir() and any(self.uv_cache.iterdir())
+        if not self.cache_was_warm:
+            log(f"first use of the bench's uv cache {self.uv_cache}: this build downloads packages")
+        self.baseline_build_secs = build_env(self.baseline_env, env=self.uv_env)
+        spec = self.specs_dir / KERNEL_NAME
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [str(self.baseline_python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "bench baseline", "language": "python",
+        }))
+
+    def jc_start(self) -> tuple[Any, Any]:
+        """Start a jupyter_client kernel in the baseline env; return (manager, ready blocking client)."""
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import KernelManager
+
+        ksm = KernelSpecManager(kernel_dirs=[str(self.specs_dir)])
+        km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm,
+                           connection_file=str(self.root / f"jc-kernel-{uuid.uuid4().hex[:8]}.json"))
+        self.kernel_managers.append(km)
+        # like runtimed, keep the kernel's own output in a file rather than on our terminal
+        with open(self.root / "jc-kernels.log", "ab") as kernel_log:
+            km.start_kernel(stdout=kernel_log, stderr=kernel_log)
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        return km, kc
+
+    def jc_stop(self, km: Any, kc: Any | None = None) -> None:
+        with contextlib.suppress(Exception):
+            if kc is not None:
+                kc.stop_channels()
+        with contextlib.suppress(Exception):
+            with watchdog(20, "jupyter_client shutdown"):
+                km.shutdown_kernel(now=True)
+        with contextlib.suppress(ValueError):
+            self.kernel_managers.remove(km)
+
+    @contextlib.contextmanager
+    def jc_kernel(self) -> Iterator[tuple[Any, Any]]:
+        km = kc = None
+        try:
+            with watchdog(90, "jupyter_client kernel start"):
+                km, kc = self.jc_start()
+            yield km, kc
+        finally:
+            if km is not None:
+                self.jc_stop(km, kc)
+
+    def cleanup(self) -> None:
+        for km in list(self.kernel_managers):
+            self.jc_stop(km)
+        for daemon in list(self.daemons):
+            self.stop_daemon(daemon)
+        kill_leftovers(str(self.root))
+        if not self.args.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            log(f"kept {self.root}")
+
+
+def jc_execute(kc: Any, code: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """execute_interactive: returns after the reply and IOPub idle; (reply content, iopub messages)."""
+    msgs: list[dict[str, Any]] = []
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=msgs.append, allow_stdin=False)
+    return reply["content"], msgs
+
+
+def jc_stdout(msgs: list[dict[str, Any]]) -> str:
+    return "".join(m["content"]["text"] for m in msgs
+                   if m["msg_type"] == "stream" and m["content"].get("name") == "stdout")
+
+
+def jc_result_text(msgs: list[dict[str, Any]]) -> str | None:
+    for m in msgs:
+        if m["msg_type"] == "execute_result":
+            return m["content"]["data"].get("text/plain")
+    return None
+
+
+def rt_result_text(result: Any) -> str | None:
+    for out in result.display_data:
+        if out.output_type == "execute_result":
+            return (out.data or {}).get("text/plain")
+    return None
+
+
+def rt_check(result: Any, what: str) -> None:
+    if not result.success:
+        err = result.error
+        detail = f"{err.ename}: {err.evalue}" if err else (result.failure or "no error output")
+        raise RuntimeError(f"{what} did not succeed: {detail}")
+
+
+def close_session(session: Any) -> None:
+    """Shut the kernel down and disconnect, never hanging the harness."""
+    with contextlib.suppress(Exception):
+        with watchdog(10, "session close"):
+            session.__exit__(None, None, None)
+
+
+def daemon_diagnostics(daemon: Any | None) -> dict[str, Any]:
+    """Daemon log tail and, when py-spy exists, its Python stacks: attached to errors."""
+    if daemon is None:
+        return {}
+    info: dict[str, Any] = {"daemon_log_tail": daemon.log()[-4000:]}
+    spy = shutil.which("py-spy")
+    if spy and daemon.process is not None and daemon.process.poll() is None:
+        with contextlib.suppress(Exception):
+            info["daemon_stacks"] = subprocess.run(
+                [spy, "dump", "--pid", str(daemon.process.pid)], capture_output=True, text=True, timeout=20
+            ).stdout[-6000:]
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# scenarios: each returns {"runtimed": {...}, "jupyter_client": {...}} (a side may hold "error")
+# --------------------------------------------------------------------------------------------
+
+class Side:
+    """Runs one side of a scenario, recording its error (with traceback) instead of raising."""
+
+    def __init__(self, result: dict[str, Any], name: str, bench: Bench) -> None:
+        self.result = result
+        self.name = name
+        self.bench = bench
+        self.data: dict[str, Any] = result.setdefault(name, {})
+
+    def __enter__(self) -> dict[str, Any]:
+        log(f"  {self.name} ...")
+        self.bench.failure_diagnostics = {}
+        return self.data
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            return False
+        self.data["error"] = f"{type(exc).__name__}: {exc}"
+        self.data["traceback"] = "".join(traceback.format_exception(exc_type, exc, tb))
+        self.data.update(self.bench.failure_diagnostics)
+        self.bench.failure_diagnostics = {}
+        log(f"  {self.name} FAILED: {self.data['error']}")
+        return True
+
+
+def scenario_start(b: Bench) -> dict[str, Any]:
+    """New session + start_kernel + run('1+1') with a full, quiet pool; vs a fresh jupyter_client kernel."""
+    runs = 3 if b.quick else 5
+    warm = 1
+    res: dict[str, Any] = {"runs": runs, "warmups": warm}
+
+    side = Side(res, "jupyter_client", b)
+    with side as out:
+        totals: list[float] = []
+        for i in range(warm + runs):
+            km = kc = None
+            try:
+                with watchdog(90, "jupyter_client start-to-result"):
+                    t0 = time.perf_counter()
+                    km, kc = b.jc_start()
+                    _, msgs = jc_execute(kc, "1+1")
+                    dt = time.perf_counter() - t0
+                if jc_result_text(msgs) != "2":
+                    raise RuntimeError(f"unexpected result {jc_result_text(msgs)!r}")
+                if i == 0:
+                    _, msgs = jc_execute(kc, "import ipykernel, sys; print(ipykernel.__version__); print(sys.version)")
+                    out["kernel"] = jc_stdout(msgs).strip()
+            finally:
+                if km is not None:
+                    b.jc_stop(km, kc)
+            if i >= warm:
+                totals.append(dt)
+        out["total"] = summary(totals)
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("start", uv_pool_size=2) as daemon:
+        totals, connects, starts, runs_ = [], [], [], []
+        for i in range(warm + runs):
+            b.wait_pool(daemon, 2)
+            session = None
+            try:
+                with watchdog(90, "runtimed start-to-result"):
+                    t0 = time.perf_counter()
+                    session = daemon.session()
+                    session.connect()
+                    t1 = time.perf_counter()
+                    session.start_kernel()
+                    t2 = time.perf_counter()
+                    result = session.run("1+1")
+                    t3 = time.perf_counter()
+                rt_check(result, "1+1")
+                if rt_result_text(result) != "2":
+                    raise RuntimeError(f"unexpected result {rt_result_text(result)!r}")
+                if i == 0:
+                    with watchdog(30, "version check"):
+                        r = session.run("import ipykernel, sys; print(ipykernel.__version__); print(sys.version)")
+                    out["kernel"] = r.stdout.strip()
+                    out["env_source"] = session.env_source
+            finally:
+                if session is not None:
+                    close_session(session)
+            if i >= warm:
+                totals.append(t3 - t0)
+                connects.append(t1 - t0)
+                starts.append(t2 - t1)
+                runs_.append(t3 - t2)
+        out["total"] = summary(totals)
+        out["phases_median"] = {"connect": statistics.median(connects),
+                                "start_kernel": statistics.median(starts),
+                                "run_1+1": statistics.median(runs_)}
+    return res
+
+
+def _roundtrip_series(fn: Callable[[], None], n: int, budget: float) -> tuple[list[float], bool]:
+    times: list[float] = []
+    deadline = time.monotonic() + budget
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.monotonic() > deadline:
+            return times, True
+    return times, False
+
+
+def scenario_roundtrip(b: Bench) -> dict[str, Any]:
+    """300 consecutive `x=1` runs in one notebook: p50/p95 and per-25 block medians."""
+    n = 300
+    n_exec = 100 if b.quick else 300
+    warm = 5
+    budget = 120.0
+    res: dict[str, Any] = {"runs": n, "warmups": warm}
+
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc):
+        def once() -> None:
+            reply, _ = jc_execute(kc, "x=1")
+            if reply["status"] != "ok":
+                raise RuntimeError(f"x=1 failed: {reply}")
+        with watchdog(budget + 60, "jupyter_client round trips"):
+            for _ in range(warm):
+                once()
+            times, truncated = _roundtrip_series(once, n, budget)
+        out["run"] = {**summary(times), "blocks_of_25": blocks(times), "truncated": truncated}
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("roundtrip", uv_pool_size=2) as daemon:
+        session = daemon.session()
+        try:
+            with watchdog(90, "start_kernel"):
+                session.start_kernel()
+                b.wait_pool(daemon, 2)
+
+            def once() -> None:
+                rt_check(session.run("x=1"), "x=1")
+            with watchdog(budget + 60, "runtimed session.run round trips"):
+                for _ in range(warm):
+                    once()
+                times, truncated = _roundtrip_series(once, n, budget)
+            out["run"] = {**summary(times), "blocks_of_25": blocks(times), "truncated": truncated,
+                          "what": "session.run('x=1'): create_cell + execute_cell, a new cell each time"}
+        finally:
+            close_session(session)
+
+        # The same on one pre-created cell, in a fresh notebook (executions pile up, cells do not).
+        b.wait_pool(daemon, 2)
+        session = daemon.session()
+        try:
+            with watchdog(90, "start_kernel"):
+                session.start_kernel()
+                cell = session.create_cell("x=1")
+                b.wait_pool(daemon, 2)
+
+            def once_exec() -> None:
+                rt_check(session.execute_cell(cell), "x=1")
+            with watchdog(budget + 60, "runtimed execute_cell round trips"):
+                for _ in range(warm):
+                    once_exec()
+                times, truncated = _roundtrip_series(once_exec, n_exec, budget)
+            out["execute_cell"] = {**summary(times), "blocks_of_25": blocks(times), "truncated": truncated,
+                                   "what": "execute_cell(cell) on one pre-created cell"}
+        finally:
+            close_session(session)
+    return res
+
+
+def _check_lines(text: str, n: int) -> dict[str, Any]:
+    lines = text.splitlines()
+    expected = [str(i) for i in range(n)]
+    complete = lines == expected
+    info: dict[str, Any] = {"lines_received": len(lines), "complete": complete}
+    if not complete:
+        first_bad = next((i for i, (a, e) in enumerate(zip(lines, expected)) if a != e), min(len(lines), n))
+        info["first_mismatch_line"] = first_bad
+    return info
+
+
+PAYLOAD = 10_000_000
+DISPLAY_CODE = f"from IPython.display import display; display({{'text/plain': 'x' * {PAYLOAD}}}, raw=True)"
+
+
+def scenario_output(b: Bench) -> dict[str, Any]:
+    """10k and 100k printed lines, and a 10 MB display_data: time and completeness."""
+    reps = {"lines_10k": 2 if b.quick else 5, "lines_100k": 1 if b.quick else 3, "display_10mb": 1 if b.quick else 3}
+    res: dict[str, Any] = {"repetitions": reps, "warmups": 1}
+    cases = [("lines_10k", 10_000), ("lines_100k", 100_000)]
+
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc):
+        jc_execute(kc, "for i in range(1000): print(i)")  # warm-up
+        for key, n in cases:
+            times, checks = [], []
+            for _ in range(reps[key]):
+                with watchdog(300, f"jupyter_client {key}"):
+                    t0 = time.perf_counter()
+                    _, msgs = jc_execute(kc, f"for i in range({n}): print(i)", timeout=280)
+                    times.append(time.perf_counter() - t0)
+                checks.append(_check_lines(jc_stdout(msgs), n))
+            out[key] = {**summary(times), "complete": all(c["complete"] for c in checks), "checks": checks}
+        times, exact = [], []
+        for _ in range(reps["display_10mb"]):
+            with watchdog(300, "jupyter_client 10 MB display"):
+                t0 = time.perf_counter()
+                _, msgs = jc_execute(kc, DISPLAY_CODE, timeout=280)
+                times.append(time.perf_counter() - t0)
+            data = [m["content"]["data"].get("text/plain") for m in msgs if m["msg_type"] == "display_data"]
+            exact.append(len(data) == 1 and data[0] == "x" * PAYLOAD)
+        out["display_10mb"] = {**summary(times), "complete": all(exact)}
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("output", uv_pool_size=1) as daemon:
+        session = daemon.session()
+        try:
+            with watchdog(90, "start_kernel"):
+                session.start_kernel()
+                b.wait_pool(daemon, 1)
+                session.run("for i in range(1000): print(i)")  # warm-up
+            for key, n in cases:
+                times, checks = [], []
+                for _ in range(reps[key]):
+                    try:
+                        with watchdog(300, f"runtimed {key}"):
+                            t0 = time.perf_counter()
+                            result = session.run(f"for i in range({n}): print(i)", timeout_secs=280)
+                            times.append(time.perf_counter() - t0)
+                        rt_check(result, key)
+                        checks.append(_check_lines(result.stdout, n))
+                    except Exception as exc:  # keep going with the other cases
+                        out[key] = {"error": f"{type(exc).__name__}: {exc}",
+                                    "traceback": traceback.format_exc(), **daemon_diagnostics(daemon)}
+                        break
+                else:
+                    out[key] = {**summary(times), "complete": all(c["complete"] for c in checks),
+                                "checks": checks}
+            times, exact, sizes = [], [], []
+            try:
+                for _ in range(reps["display_10mb"]):
+                    with watchdog(300, "runtimed 10 MB display"):
+                        t0 = time.perf_counter()
+                        result = session.run(DISPLAY_CODE, timeout_secs=280)
+                        times.append(time.perf_counter() - t0)
+                    rt_check(result, "10 MB display")
+                    data = [(o.data or {}).get("text/plain") for o in result.display_data]
+                    sizes.append([len(d) if isinstance(d, str) else repr(type(d)) for d in data])
+                    exact.append(len(data) == 1 and data[0] == "x" * PAYLOAD)
+                out["display_10mb"] = {**summary(times), "complete": all(exact), "received_sizes": sizes}
+            except Exception as exc:
+                out["display_10mb"] = {"error": f"{type(exc).__name__}: {exc}",
+                                       "traceback": traceback.format_exc(), **daemon_diagnostics(daemon)}
+        finally:
+            close_session(session)
+    return res
+
+
+def scenario_multiclient(b: Bench) -> dict[str, Any]:
+    """Session A edits a cell's source; time until session B's replica shows it."""
+    edits = 30 if b.quick else 50
+    warm = 5
+    res: dict[str, Any] = {"edits": edits, "warmups": warm}
+
+    # jupyter_client has no shared document: the nearest thing is a second client seeing what
+    # the first did, i.e. client B receiving client A's execute_input on IOPub (through the kernel).
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc_a):
+        kc_b = km.client()
+        kc_b.start_channels()
+        try:
+            kc_b.wait_for_ready(timeout=30)
+            while True:  # drain B's IOPub
+                try:
+                    kc_b.get_iopub_msg(timeout=0.2)
+                except Exception:
+                    break
+            times = []
+            for i in range(warm + edits):
+                code = f"# edit {i} {uuid.uuid4().hex}"
+                with watchdog(30, "jupyter_client propagation"):
+                    t0 = time.perf_counter()
+                    kc_a.execute(code)
+                    while True:
+                        msg = kc_b.get_iopub_msg(timeout=20)
+                        if msg["msg_type"] == "execute_input" and msg["content"]["code"] == code:
+                            break
+                    dt = time.perf_counter() - t0
+                    # let the execution finish on both clients before the next edit
+                    kc_a.get_shell_msg(timeout=20)
+                    while True:
+                        msg = kc_b.get_iopub_msg(timeout=20)
+                        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                            break
+                if i >= warm:
+                    times.append(dt)
+            out["propagation"] = {**summary(times),
+                                  "what": "client A execute() -> client B receives execute_input on IOPub"}
+        finally:
+            kc_b.stop_channels()
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("multiclient", uv_pool_size=0) as daemon:
+        notebook_id = f"bench-shared-{uuid.uuid4().hex[:8]}"
+        a = daemon.session(notebook_id)
+        bb = daemon.session(notebook_id)
+        try:
+            with watchdog(30, "connect A and B"):
+                a.connect()
+                cell = a.create_cell("x = 0")
+                bb.connect()
+                while not any(c.id == cell for c in bb.get_cells()):
+                    pass
+            times = []
+            for i in range(warm + edits):
+                source = f"x = {i}  # {uuid.uuid4().hex}"
+                with watchdog(30, "runtimed propagation A->B"):
+                    t0 = time.perf_counter()
+                    a.set_source(cell, source)
+                    while bb.get_cell(cell).source != source:
+                        pass
+                    dt = time.perf_counter() - t0
+                if i >= warm:
+                    times.append(dt)
+            out["propagation"] = {**summary(times),
+                                  "what": "A.set_source -> B.get_cell(id).source equal (spin, no sleep)"}
+        finally:
+            close_session(bb)
+            close_session(a)
+    return res
+
+
+def scenario_bigdoc(b: Bench) -> dict[str, Any]:
+    """A 1,000-cell notebook: time for a second client to connect and see all cells."""
+    cells = 1000
+    joins = 3 if b.quick else 5
+    res: dict[str, Any] = {"cells": cells, "joins": joins, "warmups": 1}
+    res["jupyter_client"] = {"note": "n/a: jupyter_client has no shared notebook document"}
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("bigdoc", uv_pool_size=0) as daemon:
+        notebook_id = f"bench-big-{uuid.uuid4().hex[:8]}"
+        a = daemon.session(notebook_id)
+        try:
+            with watchdog(300, "create 1000 cells"):
+                a.connect()
+                t0 = time.perf_counter()
+                for i in range(cells):
+                    a.create_cell(f"x_{i} = {i}\nprint(x_{i} * 2)  # cell {i}")
+                out["create_cells_secs"] = time.perf_counter() - t0
+                # make sure the daemon holds all of them before timing joins
+                probe = daemon.session(notebook_id)
+                probe.connect()
+                while len(probe.get_cells()) < cells:
+                    time.sleep(0.01)
+                out["create_until_daemon_has_all_secs"] = time.perf_counter() - t0
+                close_session(probe)
+            totals, connects = [], []
+            for i in range(1 + joins):
+                joiner = None
+                try:
+                    with watchdog(120, "second client join"):
+                        t0 = time.perf_counter()
+                        joiner = daemon.session(notebook_id)
+                        joiner.connect()
+                        t1 = time.perf_counter()
+                        while len(joiner.get_cells()) < cells:
+                            pass
+                        t2 = time.perf_counter()
+                finally:
+                    if joiner is not None:
+                        close_session(joiner)
+                if i >= 1:
+                    totals.append(t2 - t0)
+                    connects.append(t1 - t0)
+            out["join"] = summary(totals)
+            out["connect_median"] = statistics.median(connects)
+            with watchdog(60, "get_cells timing"):
+                t0 = time.perf_counter()
+                a.get_cells()
+                out["get_cells_1000_secs"] = time.perf_counter() - t0
+        finally:
+            close_session(a)
+    return res
+
+
+JC_MEMORY_CHILD = r"""
+import json, os, sys, time, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {bench_dir!r})
+from run import rss_bytes, kernel_pids
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+ksm = KernelSpecManager(kernel_dirs=[{specs!r}])
+out = {{}}
+def settle():
+    time.sleep(1.0)
+    return rss_bytes(os.getpid())
+out["idle"] = settle()
+kms = []
+try:
+    for i in range({n}):
+        km = KernelManager(kernel_name={name!r}, kernel_spec_manager=ksm,
+                           connection_file=os.path.join({root!r}, "jc-mem-%d.json" % i))
+        kms.append(km)
+        with open(os.path.join({root!r}, "jc-kernels.log"), "ab") as kernel_log:
+            km.start_kernel(stdout=kernel_log, stderr=kernel_log)
+        kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
+        kc.execute_interactive("1+1", timeout=60, output_hook=lambda m: None)
+        km._bench_kc = kc
+        if i == 0:
+            out["one"] = settle()
+    out["ten"] = settle()
+    out["kernels"] = [rss_bytes(p) for p in kernel_pids(os.getpid())]
+finally:
+    for km in kms:
+        try:
+            km._bench_kc.stop_channels()
+        except Exception:
+            pass
+        try:
+            km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+print(json.dumps(out))
+"""
+
+
+def scenario_memory(b: Bench) -> dict[str, Any]:
+    """Daemon RSS idle, with 1 and with 10 kernels; kernel processes' own RSS separately."""
+    n = 10
+    res: dict[str, Any] = {"kernels": n}
+
+    with Side(res, "jupyter_client", b) as out:
+        code = JC_MEMORY_CHILD.format(bench_dir=str(BENCH_DIR), specs=str(b.specs_dir), n=n,
+                                      name=KERNEL_NAME, root=str(b.root))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        out.update({
+            "what": "RSS of a python process importing jupyter_client and holding N KernelManagers + clients",
+            "rss_idle": data["idle"], "rss_1_kernel": data["one"], f"rss_{n}_kernels": data["ten"],
+            "per_kernel_overhead": (data["ten"] - data["idle"]) / n,
+            "kernel_rss_median": statistics.median(data["kernels"]) if data["kernels"] else None,
+        })
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("memory", uv_pool_size=2) as daemon:
+        pid = daemon.process.pid
+        sessions = []
+
+        def settle() -> int | None:
+            b.wait_pool(daemon, 2)
+            time.sleep(1.0)
+            return rss_bytes(pid)
+        try:
+            out["rss_idle"] = settle()
+            for i in range(n):
+                s = daemon.session()
+                sessions.append(s)
+                with watchdog(180, f"kernel {i + 1}"):
+                    s.start_kernel()
+                    rt_check(s.run("1+1"), "1+1")
+                if i == 0:
+                    out["rss_1_kernel"] = settle()
+            out[f"rss_{n}_kernels"] = settle()
+            kernels = [rss_bytes(p) for p in kernel_pids(pid)]
+            out["kernel_pids_found"] = len(kernels)
+            out["kernel_rss_median"] = statistics.median([k for k in kernels if k]) if kernels else None
+            out["per_kernel_overhead"] = (out[f"rss_{n}_kernels"] - out["rss_idle"]) / n
+            out["first_kernel_overhead"] = out["rss_1_kernel"] - out["rss_idle"]
+        finally:
+            for s in sessions:
+                close_session(s)
+        with contextlib.suppress(Exception):
+            time.sleep(2.0)
+            out["rss_after_shutdown"] = rss_bytes(pid)
+    return res
+
+
+def scenario_pool(b: Bench) -> dict[str, Any]:
+    """Time to build one uv pool env: warm uv cache (flush_pool -> available) and cold cache."""
+    warm_runs = 1 if b.quick else 3
+    res: dict[str, Any] = {"warm_runs": warm_runs, "cold": not b.quick}
+
+    with Side(res, "jupyter_client", b) as out:
+        out["what"] = "the same env built by hand: uv venv + uv pip install ipykernel ipywidgets + import"
+        times = [b.baseline_build_secs] if b.baseline_build_secs and b.cache_was_warm else []
+        for i in range(warm_runs - len(times)):
+            times.append(build_env(b.root / f"manual-warm-{i}", env=b.uv_env))
+            shutil.rmtree(b.root / f"manual-warm-{i}", ignore_errors=True)
+        out["warm"] = summary(times)
+        if not b.quick:
+            cache = b.root / "uv-cache-cold-manual"
+            out["cold"] = summary([build_env(b.root / "manual-cold", env={"UV_CACHE_DIR": str(cache)})])
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(b.root / "manual-cold", ignore_errors=True)
+
+    side = Side(res, "runtimed", b)
+    with side as out:
+        with b.daemon("pool-warm", uv_pool_size=1) as daemon:
+            client = daemon.client()
+            times = []
+            for _ in range(warm_runs):
+                b.wait_pool(daemon, 1)
+                with watchdog(600, "pool refill (warm cache)"):
+                    t0 = time.perf_counter()
+                    client.flush_pool()
+                    while True:
+                        st = client.status()
+                        if st.get("uv_available", 0) >= 1:
+                            break
+                        time.sleep(0.02)
+                    times.append(time.perf_counter() - t0)
+            out["warm"] = summary(times)
+        if not b.quick:
+            cache = b.root / "uv-cache-cold-daemon"
+            t0 = time.perf_counter()
+            with b.daemon("pool-cold", uv_pool_size=1, env={"UV_CACHE_DIR": str(cache)}, wait=False) as daemon:
+                b.wait_pool(daemon, 1, timeout=900)
+                out["cold"] = summary([time.perf_counter() - t0])
+                out["cold_note"] = "daemon start (empty UV_CACHE_DIR) -> first env available"
+            shutil.rmtree(cache, ignore_errors=True)
+    return res
+
+
+def scenario_restart(b: Bench) -> dict[str, Any]:
+    """restart_kernel then run('1+1'): time to the result."""
+    runs = 2 if b.quick else 5
+    warm = 1
+    res: dict[str, Any] = {"runs": runs, "warmups": warm}
+
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc):
+        jc_execute(kc, "x = 1")
+        times = []
+        for i in range(warm + runs):
+            with watchdog(90, "jupyter_client restart"):
+                t0 = time.perf_counter()
+                km.restart_kernel()
+                kc.wait_for_ready(timeout=60)
+                _, msgs = jc_execute(kc, "1+1")
+                dt = time.perf_counter() - t0
+            if jc_result_text(msgs) != "2":
+                raise RuntimeError(f"unexpected result {jc_result_text(msgs)!r}")
+            if i >= warm:
+                times.append(dt)
+        out["total"] = {**summary(times), "what": "km.restart_kernel() + wait_for_ready + execute 1+1"}
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("restart", uv_pool_size=1) as daemon:
+        session = daemon.session()
+        try:
+            with watchdog(90, "start_kernel"):
+                session.start_kernel()
+                rt_check(session.run("x = 1"), "x = 1")
+                b.wait_pool(daemon, 1)
+            times, restarts = [], []
+            for i in range(warm + runs):
+                with watchdog(30, "runtimed restart_kernel + run('1+1')"):
+                    t0 = time.perf_counter()
+                    session.restart_kernel()
+                    t1 = time.perf_counter()
+                    result = session.run("1+1")
+                    t2 = time.perf_counter()
+                rt_check(result, "1+1 after restart")
+                if rt_result_text(result) != "2":
+                    raise RuntimeError(f"unexpected result after restart {rt_result_text(result)!r}")
+                if i >= warm:
+                    times.append(t2 - t0)
+                    restarts.append(t1 - t0)
+            out["total"] = summary(times)
+            out["restart_call_median"] = statistics.median(restarts)
+        finally:
+            close_session(session)
+    return res
+
+
+SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "start": scenario_start,
+    "roundtrip": scenario_roundtrip,
+    "output": scenario_output,
+    "multiclient": scenario_multiclient,
+    "bigdoc": scenario_bigdoc,
+    "memory": scenario_memory,
+    "pool": scenario_pool,
+    "restart": scenario_restart,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+
+def _get(d: dict[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _err(side: dict[str, Any] | None, *path: str) -> str | None:
+    """The error recorded for a side or for one of its cases, shortened for the table."""
+    for d in (side, _get(side, *path[:1]) if path else None):
+        if isinstance(d, dict) and d.get("error"):
+            return "ERROR: " + d["error"].splitlines()[0][:80]
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def _mark(ok: bool | None) -> str:
+    return "" if ok is None else (" ✅" if ok else " ❌")
+
+
+def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+
+    def add(label: str, rt: str, jc: str, ratio: str, target: str = "", ok: bool | None = None) -> None:
+        rows.append({"scenario": label, "runtimed": rt, "jupyter_client": jc, "ratio": ratio,
+                     "target": target + _mark(ok)})
+
+    def timed(label: str, res: dict[str, Any], path: tuple[str, ...], stat: str = "median",
+              target: str = "", limit: float | None = None, jc_path: tuple[str, ...] | None = None,
+              jc_limit_ratio: float | None = None, extra: Callable[[dict[str, Any] | None], str] | None = None
+              ) -> None:
+        rt, jc = res.get("runtimed"), res.get("jupyter_client")
+        rv = _get(rt, *path, stat)
+        jv = _get(jc, *(jc_path or path), stat)
+        rt_s = _err(rt, *path) or fmt_time(rv)
+        jc_s = _err(jc, *(jc_path or path)) or (fmt_time(jv) if jv is not None else (_get(jc, "note") and "n/a" or "-"))
+        if extra:
+            rt_s += extra(_get(rt, *path))
+            jc_s += extra(_get(jc, *(jc_path or path)))
+        ok = None
+        if rv is not None and (limit is not None or jc_limit_ratio is not None):
+            ok = True
+            if limit is not None:
+                ok = ok and rv <= limit
+            if jc_limit_ratio is not None and jv:
+                ok = ok and rv <= jc_limit_ratio * jv
+        add(label, rt_s, jc_s, _ratio(rv, jv), target, ok)
+
+    scen = results["scenarios"]
+    if "start" in scen:
+        timed("start -> result of 1+1, warm pool (median)", scen["start"], ("total",),
+              target=TARGETS["start"], limit=0.6)
+    if "roundtrip" in scen:
+        r = scen["roundtrip"]
+        timed("trivial cell x=1, round trip p50 (session.run)", r, ("run",), target=TARGETS["roundtrip_p50"],
+              limit=0.006, jc_limit_ratio=1.6)
+        timed("trivial cell x=1, round trip p95 (session.run)", r, ("run",), stat="p95")
+        rt_blocks = _get(r, "runtimed", "run", "blocks_of_25") or []
+        jc_blocks = _get(r, "jupyter_client", "run", "blocks_of_25") or []
+        if rt_blocks or jc_blocks:
+            def growth(bl: list[float]) -> str:
+                return f"{fmt_time(bl[0])} -> {fmt_time(bl[-1])} ({bl[-1] / bl[0]:.2f}x)" if bl else "-"
+            ok = rt_blocks[-1] / rt_blocks[0] <= 1.2 if rt_blocks else None
+            add("x=1 first 25 -> last 25 of 300 (block medians)", growth(rt_blocks), growth(jc_blocks),
+                "-", TARGETS["roundtrip_growth"], ok)
+        if _get(r, "runtimed", "execute_cell") or _err(r.get("runtimed")):
+            timed("x=1 via execute_cell on one pre-created cell, p50", r, ("execute_cell",),
+                  jc_path=("run",), target=TARGETS["roundtrip_p50"], limit=0.006, jc_limit_ratio=1.6)
+            eb = _get(r, "runtimed", "execute_cell", "blocks_of_25") or []
+            if eb:
+                add("execute_cell first 25 -> last 25 (block medians)",
+                    f"{fmt_time(eb[0])} -> {fmt_time(eb[-1])} ({eb[-1] / eb[0]:.2f}x)", "-", "-",
+                    TARGETS["roundtrip_growth"], eb[-1] / eb[0] <= 1.2)
+    if "output" in scen:
+        r = scen["output"]
+
+        def completeness(d: dict[str, Any] | None) -> str:
+            if not isinstance(d, dict) or "complete" not in d:
+                return ""
+            if d["complete"]:
+                return ", complete"
+            checks = d.get("checks") or []
+            got = min((c["lines_received"] for c in checks), default=None)
+            return f", INCOMPLETE ({got} lines)" if got is not None else ", INCOMPLETE"
+        timed("cell printing 10,000 lines", r, ("lines_10k",), target=TARGETS["lines_10k"], limit=0.15,
+              extra=completeness)
+        timed("cell printing 100,000 lines", r, ("lines_100k",), target=TARGETS["lines_100k"],
+              jc_limit_ratio=1.5, extra=completeness)
+        if rows and _get(r, "runtimed", "lines_100k", "complete") is False:
+            rows[-1]["target"] = TARGETS["lines_100k"] + " ❌"
+        timed("10 MB display_data", r, ("display_10mb",), target="byte-exact", extra=completeness)
+    if "multiclient" in scen:
+        r = scen["multiclient"]
+        timed("source edit in A visible in B, p50", r, ("propagation",), target=TARGETS["propagation"],
+              limit=0.005)
+        timed("source edit in A visible in B, p95", r, ("propagation",), stat="p95")
+    if "bigdoc" in scen:
+        timed("1,000-cell notebook: 2nd client joins and sees all (median)", scen["bigdoc"], ("join",))
+    if "memory" in scen:
+        r = scen["memory"]
+        rt, jc = r.get("runtimed"), r.get("jupyter_client")
+        n = r.get("kernels", 10)
+
+        def mem(label: str, key: str, target: str = "", limit: float | None = None) -> None:
+            rv, jv = _get(rt, key), _get(jc, key)
+            ok = None if rv is None or limit is None else rv <= limit
+            add(label, _err(rt) or fmt_mb(rv), _err(jc) or fmt_mb(jv), _ratio(rv, jv), target, ok)
+        mem("manager RSS idle (daemon / jupyter_client process)", "rss_idle", TARGETS["rss_idle"], 45 * 2**20)
+        mem("manager RSS with 1 kernel", "rss_1_kernel")
+        mem(f"manager RSS with {n} kernels", f"rss_{n}_kernels")
+        mem(f"manager overhead per kernel (growth / {n})", "per_kernel_overhead", TARGETS["rss_per_kernel"],
+            5 * 2**20)
+        mem("kernel process RSS (median, separate)", "kernel_rss_median")
+    if "pool" in scen:
+        r = scen["pool"]
+        timed("pool refill: build one uv env, warm uv cache", r, ("warm",))
+        if r.get("cold"):
+            timed("pool refill: build one uv env, cold uv cache", r, ("cold",))
+    if "restart" in scen:
+        timed("restart -> result of 1+1 (median)", scen["restart"], ("total",), target=TARGETS["restart"],
+              limit=0.7)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    lines = ["| scenario | runtimed | jupyter_client | ratio | target |", "|---|---|---|---|---|"]
+    for row in rows:
+        cells = [row[k].replace("|", "\\|") for k in ("scenario", "runtimed", "jupyter_client", "ratio", "target")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_info(b: Bench) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_executable": sys.executable,
+        "loadavg_at_start": os.getloadavg(),
+        "uv_cache_dir": str(b.uv_cache),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
+        info["mem_total_gib"] = round(int(mem[1]) / 2**20, 1)
+    with contextlib.suppress(Exception):
+        import jupyter_client
+        import runtimed
+
+        info["jupyter_client"] = jupyter_client.__version__
+        info["runtimed"] = getattr(runtimed, "__version__", None)
+    if b.baseline_python.exists():
+        proc = subprocess.run([str(b.baseline_python), "-c",
+                               "import ipykernel, sys; print(ipykernel.__version__); print(sys.version.split()[0])"],
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            info["ipykernel"], info["kernel_python"] = proc.stdout.split()[:2]
+    return info
+
+
+def render_report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    head = (f"runtimed bench — {m['date']} — commit {m['git_commit']} — {m.get('cpu_count')} cpus "
+            f"({m.get('cpu_model', '?')}), python {m['python']}, ipykernel {m.get('ipykernel', '?')}, "
+            f"jupyter_client {m.get('jupyter_client', '?')}"
+            f"{' — QUICK' if results['config']['quick'] else ''}")
+    return head + "\n\n" + markdown_table(results["rows"])
+
+
+def write_results_md(path: Path, results: dict[str, Any]) -> None:
+    m = results["machine"]
+    errors = []
+    for name, scen in results["scenarios"].items():
+        for side in ("runtimed", "jupyter_client"):
+            d = scen.get(side) or {}
+            if d.get("error"):
+                errors.append(f"- **{name} / {side}**: `{d['error'].splitlines()[0]}`")
+            for key, val in d.items():
+                if isinstance(val, dict) and val.get("error"):
+                    errors.append(f"- **{name} / {side} / {key}**: `{val['error'].splitlines()[0]}`")
+    text = f"""# Benchmark results
+
+Latest full run of `uv run python bench/run.py` (see [README.md](README.md)).
+
+- date: {m['date']}
+- commit: `{m['git_commit']}`
+- machine: {m.get('cpu_count')} cpus ({m.get('cpu_model', '?')}), {m.get('mem_total_gib', '?')} GiB, {m['platform']}
+- load average at start: {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}
+- python {m['python']} (kernels: python {m.get('kernel_python', '?')}, ipykernel {m.get('ipykernel', '?')}); jupyter_client {m.get('jupyter_client', '?')}
+- wall time: {results['elapsed_secs']:.0f} s{' (quick mode)' if results['config']['quick'] else ''}
+
+{markdown_table(results['rows'])}
+
+Ratio = runtimed / jupyter_client (lower is better for runtimed). Targets are issue 6's;
+✅/❌ marks runtimed against them. Times are medians of several runs after a discarded warm-up.
+"""
+    if errors:
+        text += "\n## Errors recorded\n\n" + "\n".join(errors) + "\n"
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no cold-cache build (~3 min)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of: {','.join(SCENARIOS)}")
+    parser.add_argument("--out", default=str(BENCH_DIR / "results" / "latest.json"), help="JSON results path")
+    parser.add_argument("--results-md", default=None,
+                        help="also write the table with machine/date/commit to this markdown file "
+                             "(e.g. bench/RESULTS.md)")
+    parser.add_argument("--daemon-log-level", default="info", help="log level of the benchmarked daemons")
+    parser.add_argument("--uv-cache-dir", default=None,
+                        help="uv cache for every env the bench builds (default ~/.cache/runtimed-bench/uv)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary root (daemon logs) afterwards")
+    args = parser.parse_args(argv)
+
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIO_FUNCS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
+
+    b = Bench(args)
+    started = time.monotonic()
+    results: dict[str, Any] = {"config": {"quick": args.quick, "scenarios": chosen,
+                                          "daemon_log_level": args.daemon_log_level},
+                               "scenarios": {}}
+    # SIGTERM behaves like Ctrl-C, so the finally below still cleans up.
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupted = False
+    try:
+        b.prepare_baseline()
+        results["machine"] = machine_info(b)
+        for name in chosen:
+            log(f"scenario {name}")
+            t0 = time.monotonic()
+            try:
+                results["scenarios"][name] = SCENARIO_FUNCS[name](b)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # a harness-level failure of the scenario: record and go on
+                results["scenarios"][name] = {"error": f"{type(exc).__name__}: {exc}",
+                                              "traceback": traceback.format_exc()}
+                log(f"scenario {name} FAILED: {exc}")
+            results["scenarios"][name]["elapsed_secs"] = round(time.monotonic() - t0, 1)
+            log(f"scenario {name} done in {time.monotonic() - t0:.1f} s")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: cleaning up")
+    finally:
+        b.cleanup()
+    results["elapsed_secs"] = time.monotonic() - started
+    if "machine" not in results:
+        results["machine"] = machine_info(b)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    results["interrupted"] = interrupted
+    results["rows"] = build_rows(results)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(render_report(results))
+    print(f"\nJSON: {out}   ({results['elapsed_secs']:.0f} s)")
+    if args.results_md:
+        write_results_md(Path(args.results_md), results)
+        print(f"markdown: {args.results_md}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
