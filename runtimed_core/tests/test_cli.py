@@ -1,0 +1,55 @@
+"""The `runtimed` command against a real daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(daemon, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtimed", *args, "--socket", str(daemon.socket_path)],
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+def test_data_commands_text_and_json(runtimed_daemon, runtimed_session):
+    runtimed_session.start_kernel()
+    assert _cli(runtimed_daemon, "ping").stdout.strip() == "pong"
+    status = json.loads(_cli(runtimed_daemon, "status", "--json").stdout)
+    assert {"uv_available", "uv_warming", "conda_available", "conda_warming"} <= set(status)
+    assert "uv:" in _cli(runtimed_daemon, "status").stdout
+    rooms = json.loads(_cli(runtimed_daemon, "list-rooms", "--json").stdout)
+    [room] = [r for r in rooms if r["notebook_id"] == runtimed_session.notebook_id]
+    assert room["active_peers"] == 1 and room["has_kernel"] and room["env_source"] == "uv:prewarmed"
+    table = _cli(runtimed_daemon, "list-rooms").stdout
+    assert runtimed_session.notebook_id[:40] in table and "uv:prewarmed" in table
+
+
+def test_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNTIMED_NO_AUTOSTART", "1")
+    result = subprocess.run([sys.executable, "-m", "runtimed", "status", "--socket", str(tmp_path / "none.sock")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("runtimed: error: No runtimed daemon is running")
+    ping = subprocess.run([sys.executable, "-m", "runtimed", "ping", "--socket", str(tmp_path / "none.sock")],
+                          capture_output=True, text=True, timeout=60)
+    assert ping.returncode == 1 and ping.stdout.strip() == "no daemon"
+
+
+def test_flush_and_shutdown(runtimed_daemon_factory, tmp_path):
+    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1)
+    daemon.wait_for_pool(1)
+    before = {p.name for p in (daemon.cache_dir / "envs").iterdir()}
+    _cli(daemon, "flush")
+    daemon.wait_for_pool(1)
+    after = {p.name for p in (daemon.cache_dir / "envs").iterdir() if p.name.startswith("uv-prewarmed-")}
+    assert after and not (after & before)  # every ready env was rebuilt
+    assert "UV pool: 1/1 available" in daemon.log()
+    _cli(daemon, "shutdown")
+    assert daemon.process.wait(30) == 0
+    assert not daemon.socket_path.exists()
