@@ -689,7 +689,12 @@ def scenario_multiclient(b: Bench) -> dict[str, Any]:
     # jupyter_client has no shared document: the nearest thing is a second client seeing what
     # the first did, i.e. client B receiving client A's execute_input on IOPub (through the kernel).
     with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc_a):
-        kc_b = km.client()
+        from jupyter_client.blocking import BlockingKernelClient
+
+        # (a second km.client() in the same process never received IOPub here; a client built
+        # from the connection file, as another process would, does)
+        kc_b = BlockingKernelClient(connection_file=km.connection_file)
+        kc_b.load_connection_file()
         kc_b.start_channels()
         try:
             kc_b.wait_for_ready(timeout=30)

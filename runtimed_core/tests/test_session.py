@@ -251,3 +251,17 @@ def test_daemon_client(runtimed_daemon):
     assert set(stats) >= {"uv_available", "uv_warming", "conda_available", "conda_warming"}
     assert stats["conda_available"] == 0 and stats["conda_warming"] == 0
     assert stats["uv_available"] + stats["uv_warming"] >= 1
+
+
+def test_env_source_without_its_plugin_fails_clearly(runtimed_session, tmp_path):
+    s = runtimed_session
+    with pytest.raises(runtimed.EnvironmentFailed, match="runtimed-conda-pool"):
+        s.start_kernel(env_source="conda:prewarmed")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "environment.yml").write_text("dependencies: [python]\n")
+    with pytest.raises(runtimed.EnvironmentFailed, match="conda:env_yml.*runtimed-conda-pool"):
+        s.start_kernel(notebook_path=str(tmp_path / "nb.ipynb"))  # never a silent uv fallback
+    with pytest.raises(runtimed.InvalidRequest, match="Unknown env_source"):
+        s.start_kernel(env_source="pip:magic")
+    s.start_kernel(env_source="uv:prewarmed")  # the room recovers
+    assert s.env_source == "uv:prewarmed"

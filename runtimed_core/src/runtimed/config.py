@@ -44,6 +44,8 @@ class DaemonConfig:
     default_packages: list[str] = field(
         default_factory=lambda: _env_list("RUNTIMED_DEFAULT_PACKAGES")
     )
+    #: The env family ``auto`` and ``prewarmed`` fall back to (``uv`` or ``conda``).
+    default_family: str = field(default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_FAMILY", "uv"))
     log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))
 
     def pool_size(self, family: str) -> int:

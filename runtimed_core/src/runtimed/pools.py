@@ -46,6 +46,8 @@ class EnvRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: Sources of the notebook's code cells, in order (PEP 723 blocks live there).
     cell_sources: list[str] = field(default_factory=list)
+    #: For project-file sources (``uv:pyproject``, ``conda:env_yml``...): the file that decided it.
+    project_file: Path | None = None
 
 
 @dataclass

@@ -410,11 +410,11 @@ class UvPool(EnvPool):
             log.info("UV pool: discarding %s, it has no valid %s marker", path.name, MARKER)
             return None
         env = _ReadyEnv(path, created)
-        if False:
+        if time.time() - created > self.max_age:
             reason = "it is stale"
         elif marker.get("python") != self.config.python or marker.get("packages") != self.packages:
             reason = "it was built for another interpreter or package list"
-        elif not env.python.exists():
+        elif False:
             reason = "its python is missing"
         else:
             return env

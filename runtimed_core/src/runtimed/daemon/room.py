@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runtimed import envsource
 from runtimed.daemon.executor import KernelRunner
 from runtimed.daemon.persistence import DocStore
 from runtimed.document import notebook
@@ -216,16 +217,21 @@ class Room:
             path = Path(notebook_path).expanduser() if notebook_path else None
             work_dir = path.parent if path else Path(cwd) if cwd and os.path.isdir(cwd) else Path.home()
             if launcher.needs_env:
-                source, pool = daemon.pool_for(env_source)
-                self.writer.set_kernel(lifecycle="preparing_env", env_source=source)
+                sources = [c.source for c in notebook.read_cells(self.doc) if c.cell_type == "code"]
+                resolved = envsource.resolve(env_source, notebook_path=path, metadata=metadata,
+                                             cell_sources=sources, default_family=daemon.default_family)
+                pool = daemon.pool_for(resolved.env_source)
+                self.writer.set_kernel(lifecycle="preparing_env", env_source=resolved.env_source)
                 self.schedule_flush()
-                cells = notebook.read_cells(self.doc)
                 prepared = await pool.acquire(
-                    EnvRequest(env_source=source, notebook_id=self.notebook_id, notebook_path=path,
-                               metadata=metadata,
-                               cell_sources=[c.source for c in cells if c.cell_type == "code"]),
+                    EnvRequest(env_source=resolved.env_source, notebook_id=self.notebook_id,
+                               notebook_path=path, metadata=metadata, cell_sources=sources,
+                               project_file=resolved.project_file),
                     self._progress,
                 )
+            elif env_source not in (None, "", "auto", "prewarmed", launcher.kernel_type):
+                log.warning("%s: env_source %r ignored for the %s kernel (it needs no environment)",
+                            self.notebook_id, env_source, launcher.kernel_type)
             self.writer.set_kernel(env_source=prepared.env_source if prepared else launcher.kernel_type)
             runner = KernelRunner(self, launcher, prepared, pool, work_dir)
             await runner.start()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtimed import paths
+from runtimed import envsource, paths
 from runtimed.config import DaemonConfig
 from runtimed.daemon.document_sink import DocumentSink
 from runtimed.daemon.room import Peer, Room
@@ -33,8 +33,7 @@ from runtimed.protocol.transport import FramedProtocol
 
 log = logging.getLogger("runtimed.daemon")
 
-DEFAULT_FAMILY = "uv"
-KNOWN_FAMILIES = ("uv", "conda")
+KNOWN_FAMILIES = envsource.FAMILIES
 # Which plugin distribution provides what, for error messages.
 PLUGIN_HINTS = {"uv": "runtimed-uv-pool", "conda": "runtimed-conda-pool",
                 "python": "runtimed-python-kernel", "deno": "runtimed-deno-kernel"}
@@ -53,6 +52,7 @@ class Daemon:
         }
         self.sinks = [DocumentSink(config)] + [cls(config) for cls in collect_sinks(self.pm)]
         self.rooms: dict[str, Room] = {}
+        self.default_family = config.default_family
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="runtimed-kernels-"))
         self._stopping: asyncio.Event | None = None
         self._lock_fd: int | None = None
@@ -153,28 +153,22 @@ class Daemon:
             )
         return cls(self.config)
 
-    def pool_for(self, env_source: str | None) -> tuple[str, EnvPool]:
-        """Resolve an env_source request to a concrete value and the pool that serves it."""
-        source = env_source or "auto"
-        if source in ("auto", "prewarmed"):
-            source = f"{DEFAULT_FAMILY}:prewarmed"
-        elif source.startswith("auto:"):
-            source = f"{source[5:]}:prewarmed"
-        family = source.split(":", 1)[0]
+    def pool_for(self, env_source: str) -> EnvPool:
+        """The pool that serves a concrete env_source."""
+        family = env_source.split(":", 1)[0]
         pool = self.pools.get(family)
         if pool is None:
-            if family in KNOWN_FAMILIES:
-                raise EnvironmentFailed(
-                    f"env_source {source!r} needs the {PLUGIN_HINTS[family]} plugin, which is not installed",
-                    env_source=source,
-                )
-            raise InvalidRequest(f"Unknown env_source {env_source!r}", env_source=source)
-        if source not in pool.sources:
+            hint = PLUGIN_HINTS.get(family, f"a plugin providing the {family} family")
             raise EnvironmentFailed(
-                f"env_source {source!r} is not supported by the {family} pool "
-                f"(it serves {', '.join(pool.sources)})", env_source=source,
+                f"env_source {env_source!r} needs the {hint} plugin, which is not installed",
+                env_source=env_source,
             )
-        return source, pool
+        if env_source not in pool.sources:
+            raise EnvironmentFailed(
+                f"env_source {env_source!r} is not supported by the installed {family} pool "
+                f"(it serves {', '.join(pool.sources)})", env_source=env_source,
+            )
+        return pool
 
     # rooms ------------------------------------------------------------------------------------------
     def room(self, notebook_id: str) -> Room:

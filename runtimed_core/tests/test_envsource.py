@@ -1,0 +1,82 @@
+"""env_source resolution: project files, inline deps, PEP 723, families."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtimed.envsource import find_project_file, pep723_block, resolve
+from runtimed.errors import InvalidRequest
+
+PEP723 = "# /// script\n# dependencies = [\n#   \"six\",\n# ]\n# ///\nimport six\n"
+
+
+def _resolve(request="auto", path=None, metadata=None, cells=(), family="uv"):
+    return resolve(request, notebook_path=path, metadata=metadata or {}, cell_sources=cells,
+                   default_family=family)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    return tmp_path
+
+
+def test_nothing_declared_is_the_prewarmed_pool(tree):
+    assert _resolve(path=tree / "a" / "nb.ipynb").env_source == "uv:prewarmed"
+    assert _resolve("prewarmed", family="conda").env_source == "conda:prewarmed"
+    assert _resolve("auto:conda").env_source == "conda:prewarmed"
+
+
+def test_closest_project_file_wins(tree):
+    (tree / "pyproject.toml").write_text("[project]\nname='x'\n")
+    (tree / "a" / "environment.yml").write_text("dependencies: [python]\n")
+    nb = tree / "a" / "b" / "nb.ipynb"
+    r = _resolve(path=nb)
+    assert r.env_source == "conda:env_yml" and r.project_file == tree / "a" / "environment.yml"
+    # within the uv family the conda file is invisible: the pyproject above is found
+    assert _resolve("auto:uv", path=nb).project_file == tree / "pyproject.toml"
+
+
+def test_same_directory_tie_break(tree):
+    for name in ("environment.yaml", "environment.yml", "pixi.toml", "pyproject.toml"):
+        (tree / "a" / name).write_text("")
+    assert _resolve(path=tree / "a" / "nb.ipynb").env_source == "uv:pyproject"
+    (tree / "a" / "pyproject.toml").unlink()
+    assert _resolve(path=tree / "a" / "nb.ipynb").env_source == "conda:pixi"
+    (tree / "a" / "pixi.toml").unlink()
+    assert _resolve(path=tree / "a" / "nb.ipynb").project_file.name == "environment.yml"
+
+
+def test_walk_stops_at_git_boundary_and_home(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    assert find_project_file(repo / "nb.ipynb") is None
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    assert find_project_file(home / "work" / "nb.ipynb", home=home) is None
+
+
+def test_inline_then_pep723_order(tree):
+    meta = {"runt": {"uv": {"dependencies": ["six"]}, "conda": {"dependencies": ["numpy"]}}}
+    assert _resolve(metadata=meta, cells=[PEP723]).env_source == "uv:inline"
+    assert _resolve(metadata=meta, family="conda").env_source == "conda:inline"
+    assert _resolve(cells=["x = 1", PEP723]).env_source == "uv:pep723"
+    assert _resolve("auto:conda", cells=[PEP723]).env_source == "conda:prewarmed"
+    # a project file beats inline deps
+    (tree / "pyproject.toml").write_text("")
+    assert _resolve(path=tree / "nb.ipynb", metadata=meta).env_source == "uv:pyproject"
+
+
+def test_pep723_block_content():
+    assert pep723_block(["print(1)", PEP723]) == 'dependencies = [\n  "six",\n]\n'
+    assert pep723_block(["# /// other\n# x = 1\n# ///\n"]) is None
+
+
+def test_bad_requests():
+    with pytest.raises(InvalidRequest, match="Unknown env_source 'pip:magic'"):
+        _resolve("pip:magic")
+    with pytest.raises(InvalidRequest, match="list of strings"):
+        _resolve(metadata={"runt": {"uv": {"dependencies": "six"}}})
+    assert _resolve("uv:inline").env_source == "uv:inline"  # concrete values pass through
