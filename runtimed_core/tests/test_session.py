@@ -265,3 +265,26 @@ def test_env_source_without_its_plugin_fails_clearly(runtimed_session, tmp_path)
         s.start_kernel(env_source="pip:magic")
     s.start_kernel(env_source="uv:prewarmed")  # the room recovers
     assert s.env_source == "uv:prewarmed"
+
+
+def test_hot_kernel_claim_moves_to_the_notebook_directory(runtimed_daemon_factory, tmp_path):
+    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, hot_kernels=1)
+    deadline = time.monotonic() + 120
+    while "Hot kernels: 1/1 ready" not in daemon.log():
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.1)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "helper_mod.py").write_text("VALUE = 'local import works'\n")
+    s = daemon.session()
+    s.start_kernel(notebook_path=str(project / "analysis.ipynb"))
+    assert "kernel claimed" in daemon.log()
+    r = s.run("import os, helper_mod\nprint(os.getcwd())\nprint(helper_mod.VALUE)")
+    assert r.stdout == f"{project}\nlocal import works\n"
+    assert r.execution_count == 1  # the claim left no trace in history
+    assert s.env_source == "uv:prewarmed"
+    s2 = daemon.session()  # a second notebook gets its own kernel, never the claimed one
+    s2.start_kernel()
+    assert s2.run("import os; print(os.getpid())").stdout != s.run("import os; print(os.getpid())").stdout
+    s2.__exit__(None, None, None)
+    s.__exit__(None, None, None)

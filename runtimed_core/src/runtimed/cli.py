@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, field)
         if value:
             overrides["socket_path" if field == "socket" else field] = Path(value).expanduser().absolute()
-    for field in ("uv_pool_size", "conda_pool_size", "log_level", "keep_alive_secs"):
+    for field in ("uv_pool_size", "conda_pool_size", "hot_kernels", "log_level", "keep_alive_secs"):
         value = getattr(args, field)
         if value is not None:
             overrides[field] = value
@@ -133,7 +133,7 @@ def _plugins(args: argparse.Namespace) -> int:
         for p in rows:
             lines.append(f"{p['name']} ({p['distribution']} {p['version']})")
             for hook, classes in p["provides"].items():
-                lines.append(f"    {hook}: {', '.join(classes)}")
+                lines.append(f"    {hook}: {classes if isinstance(classes, str) else ', '.join(classes)}")
         return "\n".join(lines) or "no plugins"
 
     _print(plugins, args.json, render)
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--uv-pool-size", type=int, help="ready uv environments (env RUNTIMED_UV_POOL_SIZE, default 2)")
     run.add_argument("--conda-pool-size", type=int,
                      help="ready conda environments (env RUNTIMED_CONDA_POOL_SIZE, default 1)")
+    run.add_argument("--hot-kernels", type=int,
+                     help="python kernels kept started in prewarmed envs (env RUNTIMED_HOT_KERNELS, default 1)")
     run.add_argument("--keep-alive-secs", type=float,
                      help="seconds an abandoned room keeps its kernel (env RUNTIMED_KEEP_ALIVE_SECS, default 30)")
     run.add_argument("--log-level", help="debug, info, warning, error (env RUNTIMED_LOG_LEVEL)")

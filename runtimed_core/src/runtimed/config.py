@@ -34,6 +34,8 @@ class DaemonConfig:
     log_dir: Path = field(default_factory=paths.log_dir)
     uv_pool_size: int = field(default_factory=lambda: _env_int("RUNTIMED_UV_POOL_SIZE", 2))
     conda_pool_size: int = field(default_factory=lambda: _env_int("RUNTIMED_CONDA_POOL_SIZE", 1))
+    #: Python kernels kept started and idle in prewarmed envs, claimed by ``start_kernel``.
+    hot_kernels: int = field(default_factory=lambda: _env_int("RUNTIMED_HOT_KERNELS", 1))
     # Seconds a room with no peers stays alive (its kernel running) before eviction.
     keep_alive_secs: float = field(
         default_factory=lambda: float(os.environ.get("RUNTIMED_KEEP_ALIVE_SECS", "30"))

@@ -57,6 +57,16 @@ class KernelLauncher(ABC):
         """Optional. The process environment; default ``ctx.env`` unchanged."""
         return ctx.env
 
+    def claim_code(self, ctx: LaunchContext, launched_in: Path) -> str | None:
+        """Optional. Code that adapts an already running, idle kernel to a notebook.
+
+        The daemon keeps *hot* kernels started ahead of time (in ``launched_in``,
+        with no notebook); when one is claimed it runs this code silently, with
+        ``ctx`` describing the notebook (``cwd``, ``notebook_id``). Return None
+        (the default) if this launcher's kernels cannot be claimed that way.
+        """
+        return None
+
     async def launch(self, ctx: LaunchContext) -> asyncio.subprocess.Process:
         """Optional. Start the kernel process; the default runs :meth:`command`."""
         return await asyncio.create_subprocess_exec(

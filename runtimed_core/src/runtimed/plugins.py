@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import pluggy
@@ -41,8 +40,19 @@ def get_plugin_manager(*extra: Any) -> pluggy.PluginManager:
     return pm
 
 
-def _flatten(results: Iterable[list[T] | None]) -> list[T]:
-    return [item for result in results if result for item in result]
+def _call_each(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
+    """Every implementation's classes, in registration order; a failing plugin is named."""
+    classes: list[Any] = []
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            result = impl.function()
+        except Exception as exc:
+            raise PluginError(
+                f"Plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc} "
+                f"(skip it with RUNTIMED_DISABLE_PLUGINS={impl.plugin_name})"
+            ) from exc
+        classes.extend(result or [])
+    return classes
 
 
 def _unique(classes: list[type[T]], key: str, what: str) -> dict[str, type[T]]:
@@ -64,21 +74,19 @@ def _unique(classes: list[type[T]], key: str, what: str) -> dict[str, type[T]]:
 
 def collect_launchers(pm: pluggy.PluginManager) -> dict[str, type[KernelLauncher]]:
     """``kernel_type -> launcher class``; a duplicate kernel_type is a :class:`PluginError`."""
-    # pluggy calls the most recently registered plugin first; reverse for registration order.
-    classes = _flatten(reversed(pm.hook.runtimed_kernel_launchers()))
-    return _unique(classes, "kernel_type", "kernel launcher")
+    return _unique(_call_each(pm, "runtimed_kernel_launchers"), "kernel_type", "kernel launcher")
 
 
 def collect_pools(pm: pluggy.PluginManager) -> dict[str, type[EnvPool]]:
     """``family -> pool class``; a duplicate family or env_source is a :class:`PluginError`."""
-    classes = _flatten(reversed(pm.hook.runtimed_env_pools()))
+    classes = _call_each(pm, "runtimed_env_pools")
     _unique(classes, "sources", "environment pool")
     return _unique(classes, "family", "environment pool")
 
 
 def collect_sinks(pm: pluggy.PluginManager) -> list[type[OutputSink]]:
     """Output sink classes in registration order."""
-    return _flatten(reversed(pm.hook.runtimed_output_sinks()))
+    return _call_each(pm, "runtimed_output_sinks")
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
@@ -89,9 +97,13 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
         if plugin is None:
             continue
         dist = dists.get(id(plugin))
-        provides = {}
+        provides: dict[str, Any] = {}
         for caller in pm.get_hookcallers(plugin) or []:
-            classes = getattr(plugin, caller.name)()
+            try:
+                classes = getattr(plugin, caller.name)()
+            except Exception as exc:
+                provides[caller.name] = f"error: {type(exc).__name__}: {exc}"
+                continue
             provides[caller.name] = [f"{c.__module__}.{c.__qualname__}" for c in classes or []]
         out.append(
             {

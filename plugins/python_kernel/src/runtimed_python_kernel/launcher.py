@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import ClassVar
 
 from runtimed.launchers import KernelLauncher, LaunchContext
@@ -34,3 +35,14 @@ class PythonKernelLauncher(KernelLauncher):
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         env.setdefault("JPY_SESSION_NAME", ctx.notebook_id)
         return env
+
+    def claim_code(self, ctx: LaunchContext, launched_in: Path) -> str | None:
+        # Move the hot kernel to the notebook's directory, as if it had been started there.
+        return (
+            "import os as __rt_os, sys as __rt_sys\n"
+            f"__rt_os.chdir({str(ctx.cwd)!r})\n"
+            f"if __rt_sys.path and __rt_sys.path[0] in ('', {str(launched_in)!r}):\n"
+            f"    __rt_sys.path[0] = {str(ctx.cwd)!r}\n"
+            f"__rt_os.environ['JPY_SESSION_NAME'] = {ctx.notebook_id!r}\n"
+            "del __rt_os, __rt_sys\n"
+        )

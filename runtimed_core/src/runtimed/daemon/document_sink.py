@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtimed.daemon.executor import PROGRESS_DELAY
 from runtimed.outputs import StreamText, output_from_message
 from runtimed.sinks import ExecutionContext, OutputSink
 
@@ -44,11 +45,11 @@ class DocumentSink(OutputSink):
                 state.clear_pending = True
             else:
                 self._clear(writer, eid, state)
-            ctx.room.schedule_flush()
+            ctx.room.schedule_flush(PROGRESS_DELAY)
             return
         if msg_type == "update_display_data":
             self._update_display(writer, ctx.notebook_id, content)
-            ctx.room.schedule_flush()
+            ctx.room.schedule_flush(PROGRESS_DELAY)
             return
         if state.clear_pending:
             self._clear(writer, eid, state)
@@ -71,7 +72,7 @@ class DocumentSink(OutputSink):
             display_id = (output.get("transient") or {}).get("display_id")
             if display_id:
                 self._displays.setdefault((ctx.notebook_id, display_id), []).append((eid, index, output))
-        ctx.room.schedule_flush()
+        ctx.room.schedule_flush(PROGRESS_DELAY)
 
     def _clear(self, writer: Any, eid: str, state: _ExecutionOutputs) -> None:
         writer.clear_outputs(eid)

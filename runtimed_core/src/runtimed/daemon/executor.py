@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from runtimed.daemon.kernel import KernelProcess
 from runtimed.document import notebook
 from runtimed.errors import KernelDied
-from runtimed.launchers import KernelLauncher
+from runtimed.launchers import KernelLauncher, LaunchContext
 from runtimed.pools import EnvPool, PreparedEnv
 from runtimed.sinks import ExecutionContext
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 OUTPUT_MSG_TYPES = frozenset(
     ("stream", "display_data", "execute_result", "error", "clear_output", "update_display_data")
 )
+#: How long progress (queued, running, outputs) may wait to be synced: a short execution
+#: reaches peers as one message, a chatty one as a few per display frame.
+PROGRESS_DELAY = 0.004
 #: Finished executions kept in the runtime-state document per room (older ones are dropped).
 KEEP_FINISHED = 64
 
@@ -75,18 +78,32 @@ class KernelRunner:
         self.dead_reason: str | None = None
 
     # lifecycle ----------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Launch the kernel process and begin draining the queue."""
+    async def start(self, hot: KernelProcess | None = None) -> None:
+        """Launch the kernel process (or adopt the already running ``hot`` one) and begin
+        draining the queue."""
         room = self.room
-        room.writer.set_kernel(lifecycle="launching", progress=f"Starting {self.kernel_type} kernel")
-        room.schedule_flush()
-        process = KernelProcess(self.launcher, room.daemon.runtime_dir)
-        room.writer.set_kernel(lifecycle="connecting")
         started = asyncio.get_running_loop().time()
-        await process.start(notebook_id=room.notebook_id, cwd=self.cwd, env=self.env)
+        if hot is not None:
+            process = hot
+            ctx = LaunchContext(notebook_id=room.notebook_id, connection_file=hot.connection_file,
+                                cwd=self.cwd, env={}, prepared_env=self.env)
+            code = self.launcher.claim_code(ctx, hot.cwd or self.cwd)
+            try:
+                if code:
+                    await process.run_silently(code)
+            except BaseException:
+                await process.kill()
+                raise
+        else:
+            room.writer.set_kernel(lifecycle="launching", progress=f"Starting {self.kernel_type} kernel")
+            room.schedule_flush()
+            process = KernelProcess(self.launcher, room.daemon.runtime_dir)
+            room.writer.set_kernel(lifecycle="connecting")
+            await process.start(notebook_id=room.notebook_id, cwd=self.cwd, env=self.env)
         self.process = process
-        log.info("%s: %s kernel ready in %.2f s (pid %s, %s)", room.notebook_id, self.kernel_type,
-                 asyncio.get_running_loop().time() - started, process.pid, self.env_source)
+        log.info("%s: %s kernel %s in %.3f s (pid %s, %s)", room.notebook_id, self.kernel_type,
+                 "claimed" if hot is not None else "ready", asyncio.get_running_loop().time() - started,
+                 process.pid, self.env_source)
         self.dead_reason = None
         room.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None)
         room.schedule_flush()
@@ -152,7 +169,7 @@ class KernelRunner:
         ex.ctx = ExecutionContext(room.notebook_id, ex.id, cell_id, room)
         room.writer.add_execution(ex.id, cell_id, source)
         notebook.set_execution(room.doc, cell_id, execution_id=ex.id)
-        room.doc_changed_locally()
+        room.doc_changed_locally(PROGRESS_DELAY)
         self.queue.append(ex)
         self._active[cell_id] = ex
         self._wake.set()
@@ -226,9 +243,6 @@ class KernelRunner:
         sinks = room.daemon.sinks
         self.running = ex
         ex.status = "running"
-        room.writer.update_execution(ex.id, status="running")
-        room.writer.set_kernel(activity="busy")
-        room.schedule_flush()
         loop = asyncio.get_running_loop()
         idle: asyncio.Future[None] = loop.create_future()
         ctx = ex.ctx
@@ -252,6 +266,10 @@ class KernelRunner:
              "allow_stdin": False, "stop_on_error": False},
             on_iopub=on_iopub,
         )
+        # the kernel is already at work: record that while it runs
+        room.writer.update_execution(ex.id, status="running")
+        room.writer.set_kernel(activity="busy")
+        room.schedule_flush(PROGRESS_DELAY)
         msg_id = None
         try:
             assert process.exited is not None

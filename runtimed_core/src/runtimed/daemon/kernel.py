@@ -71,11 +71,13 @@ class KernelProcess:
         self._closing = False
         self.exited: asyncio.Future[int] | None = None
         self.language_info: dict[str, Any] = {}
+        self.cwd: Path | None = None
 
     # start ------------------------------------------------------------------------------------
     async def start(self, *, notebook_id: str, cwd: Path, env: PreparedEnv | None) -> None:
         """Launch, connect, and return once the kernel answers and IOPub is flowing."""
         loop = asyncio.get_running_loop()
+        self.cwd = cwd
         fd, conn = tempfile.mkstemp(prefix="kernel-", suffix=".json", dir=self.runtime_dir)
         os.close(fd)
         self.connection_file = Path(conn)
@@ -165,6 +167,18 @@ class KernelProcess:
             self._iopub_handlers[msg_id] = on_iopub
         self._sockets[channel].send_multipart(self.session.serialize(msg), copy=False)
         return fut
+
+    async def run_silently(self, code: str, timeout: float = 10.0) -> None:
+        """Execute ``code`` without history or outputs; raise KernelLaunchFailed if it fails."""
+        reply = await asyncio.wait_for(self.request("shell", "execute_request", {
+            "code": code, "silent": True, "store_history": False, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": False,
+        }), timeout)
+        self._forget(reply["parent_header"].get("msg_id", ""))
+        content = reply["content"]
+        if content.get("status") != "ok":
+            raise KernelLaunchFailed(
+                f"Preparing the kernel failed: {content.get('ename')}: {content.get('evalue')}")
 
     def _forget(self, msg_id: str) -> None:
         self._replies.pop(msg_id, None)

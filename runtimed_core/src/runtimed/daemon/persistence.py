@@ -11,6 +11,7 @@ aside (``.corrupt-<time>``), never silently dropped.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -24,6 +25,7 @@ from runtimed.document.replica import Replica
 
 log = logging.getLogger(__name__)
 
+_WRITER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtimed-snapshot")
 QUIET_SECS = 0.5
 MAX_DELAY_SECS = 5.0
 _LEN = struct.Struct(">I")
@@ -51,36 +53,44 @@ class DocStore:
         data = b""
         with contextlib.suppress(FileNotFoundError):
             data = self.snapshot_path.read_bytes()
-        records = self._read_log()
+        # logs cut by a compaction whose snapshot never landed (a crash in between), then the live one
+        stray = sorted(self.log_path.parent.glob(self.log_path.name + ".*"), key=lambda p: p.stat().st_mtime)
+        stray = [p for p in stray if ".corrupt-" not in p.name]
+        records = [r for path in (*stray, self.log_path) for r in self._read_log(path)]
         if not data and not records:
             replica = notebook.new_replica()
         else:
             try:
                 replica = Replica.load((data or notebook.new_replica().save()) + b"".join(records))
             except Exception as exc:
-                self._move_aside(exc)
+                self._move_aside(exc, stray)
                 replica = notebook.new_replica()
         self._saved_heads = replica.heads
+        if stray:  # folded into the document: make that durable, then drop them
+            self.compact(replica, background=False)
+            for path in stray:
+                path.unlink(missing_ok=True)
         return replica
 
-    def _read_log(self) -> list[bytes]:
+    @staticmethod
+    def _read_log(path: Path) -> list[bytes]:
         try:
-            raw = self.log_path.read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return []
         records, pos = [], 0
         while pos + 4 <= len(raw):
             (n,) = _LEN.unpack_from(raw, pos)
             if pos + 4 + n > len(raw):
-                log.warning("Ignoring a torn record at the end of %s", self.log_path)
+                log.warning("Ignoring a torn record at the end of %s", path)
                 break
             records.append(raw[pos + 4 : pos + 4 + n])
             pos += 4 + n
         return records
 
-    def _move_aside(self, exc: Exception) -> None:
+    def _move_aside(self, exc: Exception, stray: list[Path]) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        for path in (self.snapshot_path, self.log_path):
+        for path in (self.snapshot_path, self.log_path, *stray):
             if path.exists():
                 aside = path.with_name(f"{path.name}.corrupt-{stamp}")
                 path.rename(aside)
@@ -107,25 +117,41 @@ class DocStore:
         delay = min(QUIET_SECS, max(0.0, self._first_dirty + MAX_DELAY_SECS - now))
         self._timer = loop.call_later(delay, self.compact, replica)
 
-    def compact(self, replica: Replica) -> None:
-        """Write a snapshot atomically and empty the log."""
+    def compact(self, replica: Replica, *, background: bool = True) -> None:
+        """Snapshot the document and start a fresh log.
+
+        The snapshot bytes are taken now (so they match the log's cut); writing
+        them (temp file, fsync, rename) happens on a worker thread unless
+        ``background`` is false. Until the rename, the old snapshot plus the old
+        log still hold everything, so a crash at any point loses nothing.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._first_dirty = None
         self._saved_heads = replica.heads
-        tmp = self.snapshot_path.with_suffix(".tmp")
+        data = replica.save()
+        old_log, self._log = self._log, None
+        old_log_path = self.log_path.with_suffix(f".log.{os.getpid()}-{id(data)}")
+        if self.log_path.exists():
+            os.replace(self.log_path, old_log_path)  # new changes go to a fresh log from now on
+        if old_log is not None:
+            old_log.close()  # type: ignore[attr-defined]
+        # One writer thread for every store: snapshots land in the order they were taken.
+        done = _WRITER.submit(self._write_snapshot, data, old_log_path)
+        if not background:
+            done.result()
+
+    def _write_snapshot(self, data: bytes, old_log_path: Path) -> None:
+        tmp = self.snapshot_path.with_suffix(f".tmp{id(data)}")
         with open(tmp, "wb") as f:
-            f.write(replica.save())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.snapshot_path)
-        if self._log is not None:
-            self._log.close()  # type: ignore[attr-defined]
-            self._log = None
-        with open(self.log_path, "wb"):
-            pass
+        with contextlib.suppress(FileNotFoundError):
+            old_log_path.unlink()
 
     def close(self, replica: Replica) -> None:
-        """Final compaction (room evicted or daemon stopping)."""
-        self.compact(replica)
+        """Final compaction (room evicted or daemon stopping), written before returning."""
+        self.compact(replica, background=False)

@@ -63,7 +63,8 @@ class Room:
         self.runner: KernelRunner | None = None
         self._starting: asyncio.Task[dict[str, Any]] | None = None
         self._shut_down = False
-        self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._flush_due = 0.0
         self._doc_moved: asyncio.Future[None] | None = None
         self._evict_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -110,19 +111,28 @@ class Room:
             raise ProtocolError(f"Malformed runtime-state sync message: {exc}") from None
         self.schedule_flush()
 
-    def doc_changed_locally(self) -> None:
+    def doc_changed_locally(self, delay: float = 0.0) -> None:
         """The daemon edited the notebook document itself."""
         self.store.record(self.doc)
-        self.schedule_flush()
+        self.schedule_flush(delay)
 
-    def schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+    def schedule_flush(self, delay: float = 0.0) -> None:
+        """Sync peers within ``delay`` seconds (0: on the next loop iteration); calls coalesce."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        if self._flush_handle is not None:
+            if self._flush_due <= due:
+                return
+            self._flush_handle.cancel()
+        self._flush_due = due
+        self._flush_handle = (loop.call_soon(self.flush) if delay <= 0
+                              else loop.call_later(delay, self.flush))
 
     def flush(self) -> None:
         """Send every peer what it lacks of either document, now."""
-        self._flush_scheduled = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         for peer in list(self.peers):
             if peer.proto.closed:
                 continue
@@ -216,6 +226,7 @@ class Room:
                 await old.shutdown()
             path = Path(notebook_path).expanduser() if notebook_path else None
             work_dir = path.parent if path else Path(cwd) if cwd and os.path.isdir(cwd) else Path.home()
+            hot = None
             if launcher.needs_env:
                 sources = [c.source for c in notebook.read_cells(self.doc) if c.cell_type == "code"]
                 resolved = envsource.resolve(env_source, notebook_path=path, metadata=metadata,
@@ -223,6 +234,10 @@ class Room:
                 pool = daemon.pool_for(resolved.env_source)
                 self.writer.set_kernel(lifecycle="preparing_env", env_source=resolved.env_source)
                 self.schedule_flush()
+                hot = daemon.hot.claim(launcher.kernel_type, resolved.env_source)
+            if hot is not None:
+                prepared, pool = hot.env, hot.pool
+            elif launcher.needs_env:
                 prepared = await pool.acquire(
                     EnvRequest(env_source=resolved.env_source, notebook_id=self.notebook_id,
                                notebook_path=path, metadata=metadata, cell_sources=sources,
@@ -234,7 +249,7 @@ class Room:
                             self.notebook_id, env_source, launcher.kernel_type)
             self.writer.set_kernel(env_source=prepared.env_source if prepared else launcher.kernel_type)
             runner = KernelRunner(self, launcher, prepared, pool, work_dir)
-            await runner.start()
+            await runner.start(hot.process if hot is not None else None)
         except BaseException as exc:
             if prepared is not None and pool is not None:
                 await pool.release(prepared)

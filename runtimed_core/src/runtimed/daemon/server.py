@@ -16,6 +16,7 @@ from typing import Any
 from runtimed import envsource, paths
 from runtimed.config import DaemonConfig
 from runtimed.daemon.document_sink import DocumentSink
+from runtimed.daemon.hot_kernels import HotKernels
 from runtimed.daemon.room import Peer, Room
 from runtimed.document import notebook
 from runtimed.errors import (
@@ -53,6 +54,7 @@ class Daemon:
         self.sinks = [DocumentSink(config)] + [cls(config) for cls in collect_sinks(self.pm)]
         self.rooms: dict[str, Room] = {}
         self.default_family = config.default_family
+        self.hot = HotKernels(self, config.hot_kernels, "python", f"{self.default_family}:prewarmed")
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="runtimed-kernels-"))
         self._stopping: asyncio.Event | None = None
         self._lock_fd: int | None = None
@@ -105,6 +107,8 @@ class Daemon:
         log.info("Plugins: launchers %s, pools %s", sorted(self.launchers), sorted(self.pools))
         for pool in self.pools.values():
             await pool.start()
+        if self.default_family in self.pools:
+            self.hot.start()
         if ready is not None:
             ready.set()
         if on_ready is not None:
@@ -125,6 +129,7 @@ class Daemon:
         await asyncio.gather(*(room.close() for room in list(self.rooms.values())),
                              return_exceptions=True)
         self.rooms.clear()
+        await self.hot.stop()
         for pool in self.pools.values():
             with contextlib.suppress(Exception):
                 await pool.stop()
