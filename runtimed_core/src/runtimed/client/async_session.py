@@ -44,6 +44,7 @@ class AsyncSession:
         self._state_sync = SyncState()
         self._moved: asyncio.Future[None] | None = None
         self._ever_connected = False
+        self._reply_scheduled = False
         self._closed = False
         self._connect_lock: asyncio.Lock | None = None
 
@@ -134,7 +135,9 @@ class AsyncSession:
             return
         else:
             return
-        self._send_sync()
+        if not self._reply_scheduled:  # one reply per loop iteration, however many messages came
+            self._reply_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_sync)
         if moved and self._moved is not None and not self._moved.done():
             self._moved.set_result(None)
 
@@ -147,15 +150,19 @@ class AsyncSession:
             welcome.set_exception(reason or DaemonUnavailable("The daemon closed the connection"))
 
     def _send_sync(self) -> None:
+        self._reply_scheduled = False
         channel = self._channel
         if channel is None or not channel.connected:
             return
+        frames = []
         msg = self.doc.generate(self._doc_sync)
         if msg is not None:
-            channel.send(typed(DOC_SYNC, msg))
+            frames.append(typed(DOC_SYNC, msg))
         msg = self.state.generate(self._state_sync)
         if msg is not None:
-            channel.send(typed(STATE_SYNC, msg))
+            frames.append(typed(STATE_SYNC, msg))
+        if frames:
+            channel.send(*frames)
 
     async def _wait_heads(self, replica: Replica, hex_heads: list[str], timeout: float) -> None:
         heads = [bytes.fromhex(h) for h in hex_heads]

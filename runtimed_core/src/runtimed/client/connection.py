@@ -102,11 +102,11 @@ class Channel:
     def connected(self) -> bool:
         return self.proto is not None and not self.proto.closed
 
-    def send(self, payload: bytes) -> None:
+    def send(self, *payloads: bytes) -> None:
         if not self.connected:
             raise NotConnected("Not connected to the runtimed daemon")
         assert self.proto is not None
-        self.proto.send(payload)
+        self.proto.send(*payloads)
 
     def request_nowait(self, kind: str, **fields: Any) -> asyncio.Future[Any]:
         req_id = next(_ids)

@@ -24,7 +24,6 @@ from runtimed.document.replica import Replica, SyncState
 from runtimed.document.runtime_state import LIFECYCLES, RuntimeStateWriter
 from runtimed.errors import InvalidRequest, NoKernel, ProtocolError, RuntimedError
 from runtimed.pools import EnvRequest
-from runtimed.protocol.framing import FRAME_CAP
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, dumps, typed
 from runtimed.protocol.transport import FramedProtocol
 
@@ -47,6 +46,17 @@ class Peer:
     def send(self, kind: int, body: bytes) -> None:
         if not self.proto.closed:
             self.proto.send(typed(kind, body))
+
+    def sync_frames(self, doc: Replica, state: Replica) -> list[bytes]:
+        """The sync messages this peer needs now, as frame payloads."""
+        frames = []
+        msg = doc.generate(self.doc_sync)
+        if msg is not None:
+            frames.append(typed(DOC_SYNC, msg))
+        msg = state.generate(self.state_sync)
+        if msg is not None:
+            frames.append(typed(STATE_SYNC, msg))
+        return frames
 
 
 class Room:
@@ -137,14 +147,9 @@ class Room:
             if peer.proto.closed:
                 continue
             try:
-                msg = self.doc.generate(peer.doc_sync)
-                if msg is not None:
-                    peer.send(DOC_SYNC, msg)
-                msg = self.state.generate(peer.state_sync)
-                if msg is not None:
-                    if len(msg) >= FRAME_CAP:
-                        raise ProtocolError("Runtime state too large to sync in one frame")
-                    peer.send(STATE_SYNC, msg)
+                frames = peer.sync_frames(self.doc, self.state)
+                if frames:
+                    peer.proto.send(*frames)
             except ProtocolError as exc:
                 log.warning("%s: dropping a peer: %s", self.notebook_id, exc)
                 peer.proto.abort(exc)

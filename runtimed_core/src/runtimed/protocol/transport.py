@@ -79,11 +79,14 @@ class FramedProtocol(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(PREAMBLE)
 
-    def send(self, payload: bytes) -> None:
-        """Queue one frame; raises :class:`ProtocolError` if the connection is closed."""
+    def send(self, *payloads: bytes) -> None:
+        """Queue frames (one write); raises :class:`ProtocolError` if the connection is closed."""
         if self._closed or self.transport is None or self.transport.is_closing():
             raise ProtocolError("Connection is closed")
-        self.transport.write(encode_frame(payload))
+        if len(payloads) == 1:
+            self.transport.write(encode_frame(payloads[0]))
+        else:
+            self.transport.write(b"".join(encode_frame(p) for p in payloads))
 
     async def drain(self) -> None:
         """Wait until the kernel socket buffer has room (flow control for big senders)."""
