@@ -1,0 +1,50 @@
+"""The public API's shape: sync/async parity and the seed's names."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+
+import runtimed
+
+
+def _public(cls) -> set[str]:
+    return {n for n, v in vars(cls).items() if not n.startswith("_") and (callable(v) or isinstance(v, property))}
+
+
+@pytest.mark.parametrize(("sync", "async_"), [(runtimed.Session, runtimed.AsyncSession),
+                                              (runtimed.DaemonClient, runtimed.AsyncDaemonClient)])
+def test_every_sync_method_has_an_async_twin(sync, async_):
+    missing = _public(sync) - _public(async_)
+    assert not missing, f"{sync.__name__} has no async twin for {sorted(missing)}"
+    for name in _public(sync) - {"notebook_id"}:
+        member = getattr(async_, name)
+        if not isinstance(member, property):
+            assert inspect.iscoroutinefunction(member), f"{async_.__name__}.{name} is not async"
+
+
+def test_seed_names_exist():
+    for name in ("connect", "start_kernel", "interrupt", "shutdown_kernel", "create_cell", "set_source",
+                 "execute_cell", "queue_cell", "get_cell", "get_cells", "delete_cell", "run",
+                 "set_metadata", "get_metadata", "notebook_id", "is_connected", "kernel_started",
+                 "env_source", "__enter__", "__exit__"):
+        assert hasattr(runtimed.Session, name), name
+    for name in ("ping", "is_running", "status", "list_rooms", "flush_pool", "shutdown"):
+        assert hasattr(runtimed.DaemonClient, name), name
+    result = runtimed.ExecutionResult("c", True, 1, [runtimed.Output("stream", name="stdout", text="hi\n"),
+                                                     runtimed.Output("error", ename="E", evalue="v")])
+    assert (result.stdout, result.stderr, result.error.ename, result.display_data) == ("hi\n", "", "E", [])
+    assert issubclass(runtimed.CellNotFound, runtimed.RuntimedError)
+
+
+@pytest.mark.slow
+def test_sync_api_inside_a_running_event_loop(runtimed_daemon):
+    """Like a Jupyter cell: the caller's thread already runs a loop."""
+
+    async def notebook_cell():
+        with runtimed_daemon.session() as session:
+            return session.run("print('from inside a loop')").stdout
+
+    assert asyncio.run(notebook_cell()) == "from inside a loop\n"
