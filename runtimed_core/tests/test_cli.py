@@ -53,3 +53,13 @@ def test_flush_and_shutdown(runtimed_daemon_factory, tmp_path):
     _cli(daemon, "shutdown")
     assert daemon.process.wait(30) == 0
     assert not daemon.socket_path.exists()
+
+
+def test_exec_prints_outputs_and_exit_status(runtimed_daemon):
+    ok = _cli(runtimed_daemon, "exec", "import sys; print('out'); print('err', file=sys.stderr); 6 * 7")
+    assert ok.stdout == "out\n42\n" and ok.stderr == "err\n"
+    bad = _cli(runtimed_daemon, "exec", "1/0", check=False)
+    assert bad.returncode == 1 and "ZeroDivisionError" in bad.stderr
+    as_json = json.loads(_cli(runtimed_daemon, "exec", "print(1)", "--json").stdout)
+    assert as_json["success"] and as_json["env_source"] == "uv:prewarmed"
+    assert as_json["outputs"][0]["text"] == "1\n"

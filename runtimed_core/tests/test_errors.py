@@ -109,3 +109,15 @@ def test_error_from_wire_does_not_mutate_its_input():
     snapshot = dict(wire)
     E.error_from_wire(wire)
     assert wire == snapshot
+
+
+def test_unknown_plugin_subclass_arrives_as_its_nearest_known_base():
+    from runtimed.errors import KernelError, error_from_wire, error_to_wire
+
+    class PluginKernelTrouble(KernelError):
+        pass
+
+    wire = error_to_wire(PluginKernelTrouble("the R kernel is sulking", notebook_id="nb"))
+    back = error_from_wire(wire)
+    assert type(back) is KernelError
+    assert str(back) == "the R kernel is sulking" and back.notebook_id == "nb"

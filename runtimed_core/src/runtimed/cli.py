@@ -123,6 +123,59 @@ def _shutdown(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressLine:
+    """Renders kernel progress on one updating stderr line (only on a TTY)."""
+
+    def __init__(self) -> None:
+        self.active = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, kernel: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        text = kernel.get("progress") or kernel.get("lifecycle") or ""
+        sys.stderr.write(f"\r\x1b[2K{text[:200]}")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from runtimed.client.sync import Session
+
+    code = sys.stdin.read() if args.code == "-" else args.code
+    session = Session(args.notebook_id, socket_path=args.socket)
+    progress = _ProgressLine()
+    try:
+        session.start_kernel(args.kernel_type, args.env_source, args.notebook_path, on_progress=progress)
+        progress.done()
+        result = session.run(code, timeout_secs=args.timeout)
+        env_source = session.env_source
+    finally:
+        progress.done()
+        if args.notebook_id:
+            session.close()  # a named notebook keeps its kernel for the next command
+        else:
+            session.__exit__(None, None, None)
+    if args.json:
+        print(json.dumps({"success": result.success, "execution_count": result.execution_count,
+                          "env_source": env_source,
+                          "outputs": [o.__dict__ for o in result.outputs]}, indent=2, default=str))
+        return 0 if result.success else 1
+    for out in result.outputs:
+        if out.output_type == "stream":
+            (sys.stdout if out.name == "stdout" else sys.stderr).write(out.text or "")
+        elif out.output_type in ("execute_result", "display_data") and out.data:
+            print(out.data.get("text/plain", f"<{', '.join(out.data)}>"))
+        elif out.output_type == "error":
+            print("\n".join(out.traceback or [f"{out.ename}: {out.evalue}"]), file=sys.stderr)
+    return 0 if result.success else 1
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from runtimed.plugins import describe_plugins, get_plugin_manager
 
@@ -161,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--detach", action="store_true",
                      help="run in the background; return once the daemon listens")
     run.set_defaults(func=_run)
+
+    exe = sub.add_parser("exec", help="run code in a notebook's kernel and print its outputs")
+    exe.add_argument("code", help="the code, or - to read it from stdin")
+    exe.add_argument("--notebook-id", help="a notebook to share (its kernel stays running)")
+    exe.add_argument("--kernel-type", default="python")
+    exe.add_argument("--env-source", default="auto")
+    exe.add_argument("--notebook-path", help="resolve project files (pyproject.toml...) from here")
+    exe.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    exe.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
+    exe.add_argument("--json", action="store_true", help="machine-readable output")
+    exe.set_defaults(func=_exec)
 
     for name, func, doc, has_json in (
         ("status", _status, "pool counts", True),

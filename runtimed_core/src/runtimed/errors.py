@@ -108,7 +108,9 @@ _BY_NAME: dict[str, type[RuntimedError]] = {
 def error_to_wire(exc: BaseException) -> dict[str, Any]:
     """Encode an exception for a response frame; non-runtimed errors become plain RuntimedError."""
     if isinstance(exc, RuntimedError):
-        return {"type": type(exc).__name__, "message": exc.message, **exc.context}
+        # "bases" lets a client that does not know a plugin's subclass pick its nearest known base
+        bases = [c.__name__ for c in type(exc).__mro__[1:] if issubclass(c, RuntimedError)]
+        return {"type": type(exc).__name__, "bases": bases, "message": exc.message, **exc.context}
     return {"type": "RuntimedError", "message": f"{type(exc).__name__}: {exc}"}
 
 
@@ -116,8 +118,11 @@ def error_from_wire(payload: dict[str, Any]) -> RuntimedError:
     """Rebuild the exception a response frame describes."""
     payload = dict(payload)
     kind = payload.pop("type", "RuntimedError")
+    bases = payload.pop("bases", [])
     message = str(payload.pop("message", "unknown error"))
     if kind == "CellNotFound" and "cell_id" in payload:
         cell_id = payload.pop("cell_id")
         return CellNotFound(cell_id, **payload)
-    return _BY_NAME.get(kind, RuntimedError)(message, **payload)
+    known = next((name for name in [kind, *bases] if name in _BY_NAME and name != "CellNotFound"),
+                 "RuntimedError")
+    return _BY_NAME[known](message, **payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ class AsyncSession:
         self._moved: asyncio.Future[None] | None = None
         self._ever_connected = False
         self._reply_scheduled = False
+        self._progress_listener: Callable[[dict[str, Any]], None] | None = None
+        self._progress_seen: tuple[Any, Any] = (None, None)
         self._closed = False
         self._connect_lock: asyncio.Lock | None = None
 
@@ -140,6 +143,12 @@ class AsyncSession:
             asyncio.get_running_loop().call_soon(self._send_sync)
         if moved and self._moved is not None and not self._moved.done():
             self._moved.set_result(None)
+        if moved and kind == STATE_SYNC and self._progress_listener is not None:
+            kernel = read_kernel(self.state)
+            seen = (kernel.get("lifecycle"), kernel.get("progress"))
+            if seen != self._progress_seen:
+                self._progress_seen = seen
+                self._progress_listener(kernel)
 
     def _on_close(self, exc: BaseException | None) -> None:
         if self._moved is not None and not self._moved.done():
@@ -186,13 +195,23 @@ class AsyncSession:
 
     # kernel ------------------------------------------------------------------------------------------
     async def start_kernel(self, kernel_type: str = "python", env_source: str = "auto",
-                           notebook_path: str | None = None) -> None:
-        """Start the room's kernel, or join the one already running. Connects if needed."""
+                           notebook_path: str | None = None, *,
+                           on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Start the room's kernel, or join the one already running. Connects if needed.
+
+        Building an environment can take a while; ``on_progress(kernel)`` is called
+        with the runtime-state kernel record (``lifecycle``, ``progress``...) each time
+        it changes meanwhile.
+        """
         if not self._connected():
             await self.connect()
-        result = await self._request("start_kernel", kernel_type=kernel_type, env_source=env_source,
-                                     notebook_path=notebook_path, cwd=os.getcwd())
-        await self._sync_state(result)
+        self._progress_listener, self._progress_seen = on_progress, (None, None)
+        try:
+            result = await self._request("start_kernel", kernel_type=kernel_type, env_source=env_source,
+                                         notebook_path=notebook_path, cwd=os.getcwd())
+            await self._sync_state(result)
+        finally:
+            self._progress_listener = None
 
     async def _sync_state(self, result: dict[str, Any]) -> None:
         """Make sure the replicas hold what the daemon had when it answered."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from runtimed.client.async_session import AsyncDaemonClient, AsyncSession
@@ -80,8 +80,11 @@ class Session:
         _LoopThread.run(self._async.connect())
 
     def start_kernel(self, kernel_type: str = "python", env_source: str = "auto",
-                     notebook_path: str | None = None) -> None:
-        _LoopThread.run(self._async.start_kernel(kernel_type, env_source, notebook_path))
+                     notebook_path: str | None = None, *,
+                     on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """See :meth:`AsyncSession.start_kernel` (``on_progress`` runs on the loop thread)."""
+        _LoopThread.run(self._async.start_kernel(kernel_type, env_source, notebook_path,
+                                                 on_progress=on_progress))
 
     def interrupt(self) -> None:
         _LoopThread.run(self._async.interrupt())
