@@ -46,6 +46,12 @@ class DaemonConfig:
     default_packages: list[str] = field(
         default_factory=lambda: _env_list("RUNTIMED_DEFAULT_PACKAGES")
     )
+    #: Cached inline / PEP 723 environments unused this long (seconds) are garbage-collected...
+    inline_env_max_age_secs: float = field(
+        default_factory=lambda: float(os.environ.get("RUNTIMED_INLINE_ENV_MAX_AGE_SECS", "86400"))
+    )
+    #: ...and so are the least recently used beyond this many (never one a live kernel uses).
+    inline_env_max_count: int = field(default_factory=lambda: _env_int("RUNTIMED_INLINE_ENV_MAX_COUNT", 10))
     #: The env family ``auto`` and ``prewarmed`` fall back to (``uv`` or ``conda``).
     default_family: str = field(default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_FAMILY", "uv"))
     log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))

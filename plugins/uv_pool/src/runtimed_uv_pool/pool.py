@@ -2,9 +2,11 @@
 
 Layout under ``config.cache_dir / "envs"``::
 
-    uv-building-<hex>/     an env being built (never handed out; deleted at start)
-    uv-prewarmed-<hex>/    a ready env; ``.warmed`` holds JSON {created, python, packages}
-                           (an env handed to a kernel loses its marker, so it is never reused)
+    uv-prewarmed-<hex>.partial/  an env being built (never handed out; deleted at start)
+    uv-prewarmed-<hex>/          a ready env; ``.warmed`` holds JSON {created, python, packages}
+                                 (an env handed to a kernel loses its marker: never reused)
+
+The pool touches nothing else in that directory (other pools share it).
 
 One background task (the *warmer*) builds envs one at a time until the pool
 holds its target plus one per waiting :meth:`UvPool.acquire`. It sleeps on an
@@ -28,13 +30,12 @@ from typing import Any
 from runtimed.config import DaemonConfig
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvPool, EnvRequest, PoolStatus, PreparedEnv, Progress
-
 from runtimed_uv_pool import uv
 
 log = logging.getLogger("runtimed.pools.uv")
 
 READY_PREFIX = "uv-prewarmed-"
-BUILDING_PREFIX = "uv-building-"
+PARTIAL_SUFFIX = ".partial"
 MARKER = ".warmed"
 #: Packages every pool env gets, before ``config.default_packages``.
 BASE_PACKAGES = ("ipykernel", "ipywidgets")
@@ -84,6 +85,7 @@ class UvPool(EnvPool):
         self._running = False
         self._warmer: asyncio.Task[None] | None = None
         self._building = False
+        self._warmer_crashed = False
         self._waiters = 0
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -111,6 +113,9 @@ class UvPool(EnvPool):
         if self._running:
             return
         self._running = True
+        self._consecutive_failures = 0
+        self._last_error = None
+        self._retry_at = 0.0
         # Fresh events: asyncio primitives bind to the loop that first waits on them.
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -170,6 +175,7 @@ class UvPool(EnvPool):
         """The kernel is gone: delete its env directory in the background."""
         prefix = Path(env.prefix)
         if prefix.parent != self.envs_dir or not prefix.name.startswith(READY_PREFIX):
+            # Never delete a directory the pool did not create.
             log.warning("UV pool: not deleting %s, it is not one of the pool's envs", prefix)
             return
         if self._running:
@@ -187,14 +193,14 @@ class UvPool(EnvPool):
 
     async def flush(self) -> None:
         """Delete every ready env, abandon a build in progress, and rebuild to the target."""
-        await self._stop_warmer()
         while self._ready:
             self._discard(self._ready.popleft().path)
         self._consecutive_failures = 0
         self._last_error = None
         self._retry_at = 0.0
         self._log_available()
-        if self._running:
+        await self._stop_warmer()
+        if self._running and self._warmer is None:  # not stopped (or restarted) meanwhile
             self._start_warmer()
 
     # -- handing envs out -----------------------------------------------------
@@ -225,8 +231,7 @@ class UvPool(EnvPool):
                 env = self._take_ready()
                 if env is not None:
                     return env
-                # (No warmer at all is fine: flush() is between stopping and restarting it.)
-                if not self._running or (self._warmer is not None and self._warmer.done()):
+                if not self._running or self._warmer_crashed:
                     raise EnvironmentFailed(
                         "The uv pool stopped before an environment was ready."
                         + self._last_error_hint(),
@@ -269,14 +274,19 @@ class UvPool(EnvPool):
         return self.target + self._waiters
 
     def _start_warmer(self) -> None:
+        self._warmer_crashed = False
         self._warmer = asyncio.create_task(self._warm(), name="runtimed-uv-pool-warmer")
 
     async def _stop_warmer(self) -> None:
-        warmer, self._warmer = self._warmer, None
-        if warmer is not None and not warmer.done():
-            warmer.cancel()
-            # asyncio.wait does not raise the warmer's CancelledError, only our own.
-            await asyncio.wait({warmer})
+        """Cancel the warmer and wait for it; concurrent callers wait for the same task."""
+        warmer = self._warmer
+        if warmer is None:
+            return
+        warmer.cancel()
+        # asyncio.wait does not raise the warmer's CancelledError, only our own.
+        await asyncio.wait({warmer})
+        if self._warmer is warmer:
+            self._warmer = None
 
     async def _warm(self) -> None:
         """Build envs one at a time until the pool holds what it should; then sleep until woken."""
@@ -293,6 +303,7 @@ class UvPool(EnvPool):
                     await self._build_and_record()
         except Exception as exc:  # a bug, not a build failure: waiters must not hang
             log.exception("UV pool: the warmer crashed")
+            self._warmer_crashed = True
             self._last_error = f"{type(exc).__name__}: {exc}"
             self._notify()
 
@@ -329,7 +340,9 @@ class UvPool(EnvPool):
     def _prune_stale(self) -> None:
         now = time.time()
         for env in [e for e in self._ready if now - e.created > self.max_age]:
-            log.info("UV pool: %s is older than %g h, rebuilding", env.path.name, self.max_age / 3600)
+            log.info(
+                "UV pool: %s is older than %g h, rebuilding", env.path.name, self.max_age / 3600
+            )
             self._ready.remove(env)
             self._discard(env.path)
         self._log_available()
@@ -337,23 +350,43 @@ class UvPool(EnvPool):
     async def _build(self) -> _ReadyEnv:
         """Build one env into a temporary directory and move it into place once warmed."""
         name = uuid.uuid4().hex
-        tmp = self.envs_dir / f"{BUILDING_PREFIX}{name}"
         final = self.envs_dir / f"{READY_PREFIX}{name}"
+        tmp = final.with_name(final.name + PARTIAL_SUFFIX)
         python = tmp / "bin" / "python"
         started = time.monotonic()
         log.debug("UV pool: building %s", final.name)
         try:
-            uv_bin = uv.find_uv()
+            try:
+                uv_bin = uv.find_uv()
+            except uv.CommandFailed as exc:
+                raise BuildFailed(exc.tail()) from exc
             # --relocatable: scripts and activate files do not embed the temp path.
             await self._step(
                 "Creating the venv",
-                [uv_bin, "venv", "--quiet", "--relocatable", "--no-python-downloads",
-                 "--python", self.config.python, str(tmp)],
+                [
+                    uv_bin,
+                    "venv",
+                    "--quiet",
+                    "--relocatable",
+                    "--no-python-downloads",
+                    "--python",
+                    self.config.python,
+                    str(tmp),
+                ],
             )
             await self._step(
                 "Installing packages",
-                [uv_bin, "pip", "install", "--quiet", "--no-python-downloads", "--python", str(python),
-                 "--compile-bytecode", *self.packages],
+                [
+                    uv_bin,
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-python-downloads",
+                    "--python",
+                    str(python),
+                    "--compile-bytecode",
+                    *self.packages,
+                ],
             )
             await self._step("Importing ipykernel", [str(python), "-c", WARM_UP], for_python=True)
             created = time.time()
@@ -383,9 +416,11 @@ class UvPool(EnvPool):
         """Envs on disk worth reusing, newest first; everything else is deleted."""
         candidates: list[_ReadyEnv] = []
         for path in sorted(self.envs_dir.iterdir()):
-            if path.name.startswith(BUILDING_PREFIX):
-                self._discard(path)
-            elif path.name.startswith(READY_PREFIX):
+            if not path.name.startswith(READY_PREFIX):
+                continue
+            if path.name.endswith(PARTIAL_SUFFIX):
+                self._discard(path)  # a build interrupted by a crash
+            else:
                 env = self._reusable(path)
                 if env is None:
                     self._discard(path)
@@ -393,7 +428,7 @@ class UvPool(EnvPool):
                     candidates.append(env)
         works = await asyncio.gather(*(self._imports_ipykernel(env) for env in candidates))
         reusable = []
-        for env, ok in zip(candidates, works):
+        for env, ok in zip(candidates, works, strict=True):
             if ok:
                 reusable.append(env)
             else:
@@ -414,7 +449,7 @@ class UvPool(EnvPool):
             reason = "it is stale"
         elif marker.get("python") != self.config.python or marker.get("packages") != self.packages:
             reason = "it was built for another interpreter or package list"
-        elif False:
+        elif not env.python.exists():
             reason = "its python is missing"
         else:
             return env

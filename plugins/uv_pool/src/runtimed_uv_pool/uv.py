@@ -9,6 +9,7 @@ process or pipe outlives the call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -36,7 +37,12 @@ class CommandFailed(Exception):
 
     def summary(self) -> str:
         """``<command> exited with <code>: <stderr tail>`` on one paragraph."""
-        name = " ".join(Path(self.argv[0]).name.split() + self.argv[1:3])
+        words = [Path(self.argv[0]).name]
+        for arg in self.argv[1:3]:  # the subcommand: `uv venv`, `uv pip install`
+            if arg.startswith("-"):
+                break
+            words.append(arg)
+        name = " ".join(words)
         how = "timed out" if self.returncode is None else f"exited with {self.returncode}"
         tail = self.tail()
         return f"`{name}` {how}" + (f":\n{tail}" if tail else "")
@@ -83,8 +89,8 @@ async def run(
     Raises :class:`CommandFailed` on a non-zero exit, a timeout, or a missing
     executable. Cancelling the caller kills the command's process group.
     """
-    try:
-        proc = await asyncio.create_subprocess_exec(
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
             env=dict(env) if env is not None else None,
@@ -93,6 +99,17 @@ async def run(
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
+    )
+    try:
+        # Shielded: on CPython <= 3.11 a cancellation while the subprocess is being
+        # set up leaves it waiting forever for pipes that never connect.
+        proc = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        await asyncio.wait({spawn})
+        if not spawn.cancelled() and spawn.exception() is None:
+            started = spawn.result()
+            await _kill(started, asyncio.ensure_future(started.communicate()))
+        raise
     except OSError as exc:
         raise CommandFailed(argv, 127, str(exc)) from exc
     # asyncio.wait, not wait_for: on Python 3.10/3.11 wait_for can swallow a
@@ -117,10 +134,8 @@ async def run(
 async def _kill(proc: asyncio.subprocess.Process, communicate: asyncio.Future[Any]) -> None:
     """Kill ``proc``'s process group, then let ``communicate`` drain the pipes and reap it."""
     if proc.returncode is None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     # With the group dead the pipes reach EOF promptly; finishing communicate()
     # closes the transport (no ResourceWarning) and leaves no zombie.
     await asyncio.wait({communicate})
