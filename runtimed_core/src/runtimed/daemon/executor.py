@@ -198,7 +198,8 @@ class KernelRunner:
         self.room.schedule_flush()
 
     def _finish(self, ex: Execution, *, status: str, error: str | None = None,
-                success: bool | None = None, failure: str | None = None) -> None:
+                success: bool | None = None, failure: str | None = None,
+                kernel: dict[str, Any] | None = None) -> None:
         """Record the end of an execution. ``failure`` says why it did not run to completion:
         ``cancelled``, ``interrupted``, ``kernel_died``, ``restarted`` or ``shutdown``."""
         if ex.done.done():
@@ -210,7 +211,7 @@ class KernelRunner:
         self._active.pop(ex.cell_id, None)
         room = self.room
         room.writer.update_execution(
-            ex.id, status=status, success=ex.success, error=error, failure=failure,
+            ex.id, kernel, status=status, success=ex.success, error=error, failure=failure,
             execution_count=ex.execution_count,
         )
         if ex.execution_count is not None:
@@ -267,8 +268,7 @@ class KernelRunner:
             on_iopub=on_iopub,
         )
         # the kernel is already at work: record that while it runs
-        room.writer.update_execution(ex.id, status="running")
-        room.writer.set_kernel(activity="busy")
+        room.writer.update_execution(ex.id, status="running", kernel={"activity": "busy"})
         room.schedule_flush(PROGRESS_DELAY)
         msg_id = None
         try:
@@ -292,15 +292,13 @@ class KernelRunner:
             ex.execution_count = content.get("execution_count")
         ok = content.get("status") == "ok"
         error = None if ok else _reply_error(content)
-        self._finish(ex, status="done" if ok else "error", success=ok, error=error)
-        if not self.queue:
-            room.writer.set_kernel(activity="idle")
-        if not ok and self.queue:
+        if not ok:  # stop on error: what was queued behind this cell will not run
             for queued in list(self.queue):
                 self._finish(queued, status="error", failure="cancelled",
                              error=f"Cancelled: an earlier cell ({ex.cell_id}) failed")
             self.queue.clear()
-            room.writer.set_kernel(activity="idle")
+        self._finish(ex, status="done" if ok else "error", success=ok, error=error,
+                     kernel=None if self.queue else {"activity": "idle"})
         room.flush()
 
 

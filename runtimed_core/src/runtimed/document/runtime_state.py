@@ -66,12 +66,12 @@ class RuntimeStateWriter:
 
     # executions -------------------------------------------------------------------------------
     def add_execution(self, execution_id: str, cell_id: str, source: str) -> None:
+        """A queued execution. Fields not yet known are left absent (they read as None)."""
         with self.replica.change() as tx:
             ex = tx.put_object(self.executions, execution_id, Map)
-            for key, value in (("cell_id", cell_id), ("status", "queued"), ("source", source),
-                               ("execution_count", None), ("success", None), ("error", None),
-                               ("failure", None)):
-                _put_scalar(tx, ex, key, value)
+            tx.put(ex, "cell_id", Str, cell_id)
+            tx.put(ex, "status", Str, "queued")
+            tx.put(ex, "source", Str, source)
             outputs = tx.put_object(ex, "outputs", List)
             tx.insert(self.queue, len(self._queued), Str, execution_id)
         self._queued.append(execution_id)
@@ -82,14 +82,19 @@ class RuntimeStateWriter:
             tx.delete(self.queue, self._queued.index(execution_id))
             self._queued.remove(execution_id)
 
-    def update_execution(self, execution_id: str, **fields: Any) -> None:
-        """Set fields of an execution; leaving ``queued`` status removes it from the queue."""
+    def update_execution(self, execution_id: str, kernel: dict[str, Any] | None = None,
+                         **fields: Any) -> None:
+        """Set fields of an execution (None values are skipped: fields are set once) and,
+        in the same change, ``kernel`` fields; leaving ``queued`` removes it from the queue."""
         ex, _ = self._exec_objs[execution_id]
         with self.replica.change() as tx:
             if fields.get("status", "queued") != "queued":
                 self._dequeue(tx, execution_id)
             for key, value in fields.items():
-                _put_scalar(tx, ex, key, value)
+                if value is not None:
+                    _put_scalar(tx, ex, key, value)
+            for key, value in (kernel or {}).items():
+                _put_scalar(tx, self.kernel, key, value)
 
     def forget_execution(self, execution_id: str) -> None:
         """Drop an old execution's record (outputs included) to bound the document's working set."""
