@@ -112,10 +112,20 @@ class KernelRunner:
             self._runner = asyncio.create_task(self._drain())
 
     async def restart(self) -> None:
-        """Replace the kernel process (same environment); queued and running cells fail."""
+        """Replace the kernel process; queued and running cells fail.
+
+        The old process is killed at once (its state is being thrown away). The new
+        one is a hot kernel of the same kind when one is ready (prewarmed envs are
+        interchangeable), else a fresh process in the same environment.
+        """
         self._fail_all("Kernel restarted", "restarted")
-        await self._stop_process()
-        await self.start()
+        await self._stop_process(graceful=False)
+        hot = self.room.daemon.hot.claim(self.kernel_type, self.env_source)
+        if hot is not None:
+            if self.env is not None and self.pool is not None:
+                await self.pool.release(self.env)
+            self.env, self.pool = hot.env, hot.pool
+        await self.start(hot.process if hot is not None else None)
 
     async def shutdown(self) -> None:
         """Stop the kernel for good and hand the environment back."""
@@ -129,12 +139,12 @@ class KernelRunner:
             await self.pool.release(self.env)
             self.env = None
 
-    async def _stop_process(self) -> None:
+    async def _stop_process(self, graceful: bool = True) -> None:
         process, self.process = self.process, None
         if self._watcher is not None:
             self._watcher.cancel()
         if process is not None:
-            await process.shutdown()
+            await (process.shutdown() if graceful else process.kill())
 
     async def _watch(self, process: KernelProcess) -> None:
         assert process.exited is not None
