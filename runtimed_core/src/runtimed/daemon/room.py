@@ -21,7 +21,7 @@ from runtimed.daemon.executor import KernelRunner
 from runtimed.daemon.persistence import DocStore
 from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
-from runtimed.document.runtime_state import LIFECYCLES, RuntimeStateWriter
+from runtimed.document.runtime_state import LIFECYCLES, RuntimeStateWriter, read_kernel
 from runtimed.errors import InvalidRequest, NoKernel, ProtocolError, RuntimedError
 from runtimed.pools import EnvRequest
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, dumps, typed
@@ -176,22 +176,19 @@ class Room:
 
     # kernel ---------------------------------------------------------------------------------------
     def kernel_info(self) -> dict[str, Any]:
+        """The room's kernel as ``list_rooms`` reports it."""
         runner = self.runner
         alive = runner is not None and runner.alive
-        lifecycle = self._lifecycle()
-        status = "idle" if alive and runner is not None and runner.running is None and not runner.queue else (
-            "busy" if alive else lifecycle)
+        if runner is not None and alive:
+            status = "busy" if runner.running is not None or runner.queue else "idle"
+        else:
+            status = read_kernel(self.state).get("lifecycle", "not_started")
         return {
             "has_kernel": alive,
             "kernel_type": runner.kernel_type if runner else None,
             "kernel_status": status,
             "env_source": runner.env_source if runner else None,
         }
-
-    def _lifecycle(self) -> str:
-        from runtimed.document.runtime_state import read_kernel
-
-        return read_kernel(self.state).get("lifecycle", "not_started")
 
     def _progress(self, phase: str, message: str) -> None:
         fields: dict[str, Any] = {"progress": message}
