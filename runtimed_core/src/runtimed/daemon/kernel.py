@@ -21,12 +21,10 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from jupyter_client.connect import write_connection_file
-from jupyter_client.session import Session
-
-from runtimed.errors import KernelLaunchFailed
+from runtimed.errors import KernelLaunchFailed, ProtocolError
 from runtimed.launchers import KernelLauncher, LaunchContext
 from runtimed.pools import PreparedEnv
+from runtimed.protocol.jupyter import JupyterCodec, write_connection_file
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ class KernelProcess:
     def __init__(self, launcher: KernelLauncher, runtime_dir: Path) -> None:
         self.launcher = launcher
         self.runtime_dir = runtime_dir
-        self.session = Session(key=os.urandom(16).hex().encode(), username="runtimed")
+        self.codec = JupyterCodec(key=os.urandom(16).hex().encode())
         self.process: asyncio.subprocess.Process | None = None
         self.connection_file: Path | None = None
         self.stderr_path: Path | None = None
@@ -69,6 +67,7 @@ class KernelProcess:
         self._iopub_handlers: dict[str, IOPubHandler] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
+        self._last_msg_id = ""
         self.exited: asyncio.Future[int] | None = None
         self.language_info: dict[str, Any] = {}
         self.cwd: Path | None = None
@@ -81,10 +80,7 @@ class KernelProcess:
         fd, conn = tempfile.mkstemp(prefix="kernel-", suffix=".json", dir=self.runtime_dir)
         os.close(fd)
         self.connection_file = Path(conn)
-        _, info = write_connection_file(
-            conn, ip="127.0.0.1", key=self.session.key, transport="tcp",
-            signature_scheme="hmac-sha256", kernel_name=self.launcher.kernel_type,
-        )
+        info = write_connection_file(self.connection_file, self.codec.key, self.launcher.kernel_type)
         self.stderr_path = self.connection_file.with_suffix(".log")
         ctx = LaunchContext(
             notebook_id=notebook_id, connection_file=self.connection_file, cwd=cwd,
@@ -128,8 +124,8 @@ class KernelProcess:
         deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
         iopub_seen = asyncio.Event()
         while True:
-            msg_id = self.session.msg_id
             reply = self.request("shell", "kernel_info_request", {}, on_iopub=lambda *_: iopub_seen.set())
+            msg_id = self._last_msg_id
             waiters = {asyncio.ensure_future(reply), self.exited}
             remaining = deadline - asyncio.get_running_loop().time()
             done, _ = await asyncio.wait(waiters, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
@@ -159,13 +155,13 @@ class KernelProcess:
         self, channel: str, msg_type: str, content: dict[str, Any], *, on_iopub: IOPubHandler | None = None,
     ) -> asyncio.Future[dict[str, Any]]:
         """Send a request; the future resolves with the reply. IOPub children go to ``on_iopub``."""
-        msg = self.session.msg(msg_type, content)
-        msg_id = msg["header"]["msg_id"]
+        msg_id, frames = self.codec.message(msg_type, content)
+        self._last_msg_id = msg_id
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[msg_id] = fut
         if on_iopub is not None:
             self._iopub_handlers[msg_id] = on_iopub
-        self._sockets[channel].send_multipart(self.session.serialize(msg), copy=False)
+        self._sockets[channel].send_multipart(frames, copy=False)
         return fut
 
     async def run_silently(self, code: str, timeout: float = 10.0) -> None:
@@ -190,17 +186,16 @@ class KernelProcess:
 
     async def _read(self, name: str) -> None:
         sock = self._sockets[name]
-        session = self.session
+        parse = self.codec.parse
         while True:
             try:
                 parts = await sock.recv_multipart(copy=True)
             except (zmq.ZMQError, asyncio.CancelledError):
                 return
             try:
-                _, parts = session.feed_identities(parts, copy=True)
-                msg = session.deserialize(parts, content=True, copy=True)
-            except Exception:  # a bad signature or garbage: drop it, keep the channel alive
-                log.warning("Dropped an undecodable message on %s", name, exc_info=True)
+                msg = parse(parts)
+            except (ProtocolError, ValueError) as exc:  # bad signature or garbage: drop, keep going
+                log.warning("Dropped an undecodable message on %s: %s", name, exc)
                 continue
             parent = msg["parent_header"].get("msg_id")
             if name == "iopub":
