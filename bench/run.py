@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import inspect
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -184,11 +186,14 @@ def kill_leftovers(marker: str) -> list[int]:
 
 
 def git_commit() -> str:
+    """``git rev-parse --short HEAD`` (+dirty); RUNTIMED_BENCH_COMMIT overrides it for a snapshot."""
+    if os.environ.get("RUNTIMED_BENCH_COMMIT"):
+        return os.environ["RUNTIMED_BENCH_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, check=False).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -218,7 +223,7 @@ def build_env(path: Path, env: dict[str, str] | None = None) -> float:
          "--compile-bytecode", *POOL_PACKAGES],
         [str(path / "bin" / "python"), "-c", POOL_WARM_UP],
     ):
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:3])} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return time.perf_counter() - started
@@ -247,6 +252,7 @@ class Bench:
         self.baseline_build_secs: float | None = None
         self.failure_diagnostics: dict[str, Any] = {}
         self.cache_was_warm = False
+        self.kernel_log: Any = None
         # A uv cache of the bench's own: uv hard-links env files to its cache, so anything that
         # writes into an env's files (a test breaking ipykernel on purpose, say) changes the shared
         # cache too. Its first use is a cold build; after that it is the warm cache.
@@ -262,9 +268,15 @@ class Bench:
         from runtimed.pytest_plugin import DaemonProcess
 
         root = self.root / f"daemon-{name}-{uuid.uuid4().hex[:6]}"
-        daemon = DaemonProcess(root, uv_pool_size=uv_pool_size, keep_alive_secs=1.0,
-                               extra_args=["--log-level", self.args.daemon_log_level],
-                               env={**self.uv_env, **(env or {})})
+        options: dict[str, Any] = {}
+        if "hot_kernels" in inspect.signature(DaemonProcess.__init__).parameters:
+            options["hot_kernels"] = self.args.hot_kernels
+        elif self.args.hot_kernels:
+            raise RuntimeError("--hot-kernels: this runtimed has no hot kernels")
+        # Only the uv pool: no conda builds competing for the 2 cores in the background.
+        extra = ["--log-level", self.args.daemon_log_level, "--conda-pool-size", "0"]
+        daemon = DaemonProcess(root, uv_pool_size=uv_pool_size, keep_alive_secs=1.0, extra_args=extra,
+                               env={**self.uv_env, **(env or {})}, **options)
         self.daemons.append(daemon)
         try:
             with watchdog(90, "daemon start"):
@@ -278,11 +290,23 @@ class Bench:
             raise
         finally:
             self.stop_daemon(daemon)
+            if self.failure_diagnostics:  # keep the whole log of a daemon that failed
+                self.failure_diagnostics["daemon_log"] = self.save_log(daemon, name)
+
+    def save_log(self, daemon: Any, name: str) -> str | None:
+        """Copy a daemon's log next to the JSON results (the temp root is deleted at the end)."""
+        logs = Path(self.args.out).parent / "logs"
+        target = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-daemon.log"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(daemon.log_path, target)
+        except OSError:
+            return None
+        return str(target)
 
     def stop_daemon(self, daemon: Any) -> None:
-        with contextlib.suppress(Exception):
-            with watchdog(40, "daemon stop"):
-                daemon.stop()
+        with contextlib.suppress(Exception), watchdog(40, "daemon stop"):
+            daemon.stop()
         if daemon.process is not None:  # the watchdog fired: kill its process group
             with contextlib.suppress(Exception):
                 os.killpg(daemon.process.pid, signal.SIGKILL)
@@ -297,7 +321,8 @@ class Bench:
         client = daemon.client()
         while True:
             status = client.status()
-            if status.get("uv_available", 0) >= available and not status.get("uv_warming", 0):
+            warming = any(v for k, v in status.items() if k.endswith("_warming") and isinstance(v, int))
+            if status.get("uv_available", 0) >= available and not warming:
                 return
             if time.monotonic() > deadline:
                 raise BenchTimeout(f"uv pool did not reach {available} within {timeout:g} s: {status}")
@@ -328,8 +353,10 @@ class Bench:
                            connection_file=str(self.root / f"jc-kernel-{uuid.uuid4().hex[:8]}.json"))
         self.kernel_managers.append(km)
         # like runtimed, keep the kernel's own output in a file rather than on our terminal
-        with open(self.root / "jc-kernels.log", "ab") as kernel_log:
-            km.start_kernel(stdout=kernel_log, stderr=kernel_log)
+        # (one handle for the whole run: jupyter_client reuses it when it restarts the kernel)
+        if self.kernel_log is None:
+            self.kernel_log = open(self.root / "jc-kernels.log", "ab")  # noqa: SIM115
+        km.start_kernel(stdout=self.kernel_log, stderr=self.kernel_log)
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
@@ -339,9 +366,8 @@ class Bench:
         with contextlib.suppress(Exception):
             if kc is not None:
                 kc.stop_channels()
-        with contextlib.suppress(Exception):
-            with watchdog(20, "jupyter_client shutdown"):
-                km.shutdown_kernel(now=True)
+        with contextlib.suppress(Exception), watchdog(20, "jupyter_client shutdown"):
+            km.shutdown_kernel(now=True)
         with contextlib.suppress(ValueError):
             self.kernel_managers.remove(km)
 
@@ -362,6 +388,8 @@ class Bench:
         for daemon in list(self.daemons):
             self.stop_daemon(daemon)
         kill_leftovers(str(self.root))
+        if self.kernel_log is not None:
+            self.kernel_log.close()
         if not self.args.keep:
             shutil.rmtree(self.root, ignore_errors=True)
         else:
@@ -403,9 +431,8 @@ def rt_check(result: Any, what: str) -> None:
 
 def close_session(session: Any) -> None:
     """Shut the kernel down and disconnect, never hanging the harness."""
-    with contextlib.suppress(Exception):
-        with watchdog(10, "session close"):
-            session.__exit__(None, None, None)
+    with contextlib.suppress(Exception), watchdog(10, "session close"):
+        session.__exit__(None, None, None)
 
 
 def daemon_diagnostics(daemon: Any | None) -> dict[str, Any]:
@@ -417,7 +444,8 @@ def daemon_diagnostics(daemon: Any | None) -> dict[str, Any]:
     if spy and daemon.process is not None and daemon.process.poll() is None:
         with contextlib.suppress(Exception):
             info["daemon_stacks"] = subprocess.run(
-                [spy, "dump", "--pid", str(daemon.process.pid)], capture_output=True, text=True, timeout=20
+                [spy, "dump", "--pid", str(daemon.process.pid)], capture_output=True, text=True,
+                timeout=20, check=False,
             ).stdout[-6000:]
     return info
 
@@ -440,7 +468,8 @@ class Side:
         self.bench.failure_diagnostics = {}
         return self.data
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: types.TracebackType | None) -> bool:
         if exc is None:
             return False
         if isinstance(exc, KeyboardInterrupt):
@@ -454,70 +483,83 @@ class Side:
 
 
 def scenario_start(b: Bench) -> dict[str, Any]:
-    """New session + start_kernel + run('1+1') with a full, quiet pool; vs a fresh jupyter_client kernel."""
+    """New session + start_kernel + run('1+1') with a full, quiet pool; vs a fresh jupyter_client kernel.
+
+    The two sides alternate run by run, so load from other processes hits both alike.
+    """
     runs = 3 if b.quick else 5
     warm = 1
-    res: dict[str, Any] = {"runs": runs, "warmups": warm}
+    res: dict[str, Any] = {"runs": runs, "warmups": warm, "interleaved": True}
+    version_code = "import ipykernel, sys; print(ipykernel.__version__); print(sys.version)"
+    jc_totals: list[float] = []
+    rt_totals: list[float] = []
+    phases: dict[str, list[float]] = {"connect": [], "start_kernel": [], "run_1+1": []}
 
-    side = Side(res, "jupyter_client", b)
-    with side as out:
-        totals: list[float] = []
-        for i in range(warm + runs):
-            km = kc = None
-            try:
-                with watchdog(90, "jupyter_client start-to-result"):
-                    t0 = time.perf_counter()
-                    km, kc = b.jc_start()
-                    _, msgs = jc_execute(kc, "1+1")
-                    dt = time.perf_counter() - t0
-                if jc_result_text(msgs) != "2":
-                    raise RuntimeError(f"unexpected result {jc_result_text(msgs)!r}")
-                if i == 0:
-                    _, msgs = jc_execute(kc, "import ipykernel, sys; print(ipykernel.__version__); print(sys.version)")
-                    out["kernel"] = jc_stdout(msgs).strip()
-            finally:
-                if km is not None:
-                    b.jc_stop(km, kc)
-            if i >= warm:
-                totals.append(dt)
-        out["total"] = summary(totals)
+    def jc_once(out: dict[str, Any], i: int) -> None:
+        km = kc = None
+        try:
+            with watchdog(90, "jupyter_client start-to-result"):
+                t0 = time.perf_counter()
+                km, kc = b.jc_start()
+                _, msgs = jc_execute(kc, "1+1")
+                dt = time.perf_counter() - t0
+            if jc_result_text(msgs) != "2":
+                raise RuntimeError(f"unexpected result {jc_result_text(msgs)!r}")
+            if i == 0:
+                _, msgs = jc_execute(kc, version_code)
+                out["kernel"] = jc_stdout(msgs).strip()
+        finally:
+            if km is not None:
+                b.jc_stop(km, kc)
+        if i >= warm:
+            jc_totals.append(dt)
 
-    side = Side(res, "runtimed", b)
-    with side as out, b.daemon("start", uv_pool_size=2) as daemon:
-        totals, connects, starts, runs_ = [], [], [], []
+    def rt_once(out: dict[str, Any], daemon: Any, i: int) -> None:
+        b.wait_pool(daemon, 2)
+        session = None
+        try:
+            with watchdog(90, "runtimed start-to-result"):
+                t0 = time.perf_counter()
+                session = daemon.session()
+                session.connect()
+                t1 = time.perf_counter()
+                session.start_kernel()
+                t2 = time.perf_counter()
+                result = session.run("1+1")
+                t3 = time.perf_counter()
+            rt_check(result, "1+1")
+            if rt_result_text(result) != "2":
+                raise RuntimeError(f"unexpected result {rt_result_text(result)!r}")
+            if i == 0:
+                with watchdog(30, "version check"):
+                    out["kernel"] = session.run(version_code).stdout.strip()
+                out["env_source"] = session.env_source
+        finally:
+            if session is not None:
+                close_session(session)
+        if i >= warm:
+            rt_totals.append(t3 - t0)
+            for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+                phases[key].append(value)
+
+    jc_out = res.setdefault("jupyter_client", {})
+    rt_side = Side(res, "runtimed", b)
+    with rt_side as rt_out, b.daemon("start", uv_pool_size=2) as daemon:
         for i in range(warm + runs):
-            b.wait_pool(daemon, 2)
-            session = None
-            try:
-                with watchdog(90, "runtimed start-to-result"):
-                    t0 = time.perf_counter()
-                    session = daemon.session()
-                    session.connect()
-                    t1 = time.perf_counter()
-                    session.start_kernel()
-                    t2 = time.perf_counter()
-                    result = session.run("1+1")
-                    t3 = time.perf_counter()
-                rt_check(result, "1+1")
-                if rt_result_text(result) != "2":
-                    raise RuntimeError(f"unexpected result {rt_result_text(result)!r}")
-                if i == 0:
-                    with watchdog(30, "version check"):
-                        r = session.run("import ipykernel, sys; print(ipykernel.__version__); print(sys.version)")
-                    out["kernel"] = r.stdout.strip()
-                    out["env_source"] = session.env_source
-            finally:
-                if session is not None:
-                    close_session(session)
-            if i >= warm:
-                totals.append(t3 - t0)
-                connects.append(t1 - t0)
-                starts.append(t2 - t1)
-                runs_.append(t3 - t2)
-        out["total"] = summary(totals)
-        out["phases_median"] = {"connect": statistics.median(connects),
-                                "start_kernel": statistics.median(starts),
-                                "run_1+1": statistics.median(runs_)}
+            if "error" not in jc_out:
+                with Side(res, "jupyter_client", b):
+                    jc_once(jc_out, i)
+            rt_once(rt_out, daemon, i)
+    if rt_totals:
+        rt_out["total"] = summary(rt_totals)
+        rt_out["phases_median"] = {k: statistics.median(v) for k, v in phases.items() if v}
+    if jc_totals:
+        jc_out["total"] = summary(jc_totals)
+    if "error" not in jc_out and not jc_totals:  # the runtimed daemon never came up: run jc alone
+        with Side(res, "jupyter_client", b):
+            for i in range(warm + runs):
+                jc_once(jc_out, i)
+            jc_out["total"] = summary(jc_totals)
     return res
 
 
@@ -541,7 +583,7 @@ def scenario_roundtrip(b: Bench) -> dict[str, Any]:
     budget = 120.0
     res: dict[str, Any] = {"runs": n, "warmups": warm}
 
-    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc):
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (_km, kc):
         def once() -> None:
             reply, _ = jc_execute(kc, "x=1")
             if reply["status"] != "ok":
@@ -614,7 +656,7 @@ def scenario_output(b: Bench) -> dict[str, Any]:
     res: dict[str, Any] = {"repetitions": reps, "warmups": 1}
     cases = [("lines_10k", 10_000), ("lines_100k", 100_000)]
 
-    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc):
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (_km, kc):
         jc_execute(kc, "for i in range(1000): print(i)")  # warm-up
         for key, n in cases:
             times, checks = [], []
@@ -653,7 +695,7 @@ def scenario_output(b: Bench) -> dict[str, Any]:
                             times.append(time.perf_counter() - t0)
                         rt_check(result, key)
                         checks.append(_check_lines(result.stdout, n))
-                    except Exception as exc:  # keep going with the other cases
+                    except Exception as exc:  # noqa: BLE001 (keep going with the other cases)
                         out[key] = {"error": f"{type(exc).__name__}: {exc}",
                                     "traceback": traceback.format_exc(), **daemon_diagnostics(daemon)}
                         break
@@ -672,7 +714,7 @@ def scenario_output(b: Bench) -> dict[str, Any]:
                     sizes.append([len(d) if isinstance(d, str) else repr(type(d)) for d in data])
                     exact.append(len(data) == 1 and data[0] == "x" * PAYLOAD)
                 out["display_10mb"] = {**summary(times), "complete": all(exact), "received_sizes": sizes}
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 out["display_10mb"] = {"error": f"{type(exc).__name__}: {exc}",
                                        "traceback": traceback.format_exc(), **daemon_diagnostics(daemon)}
         finally:
@@ -701,7 +743,7 @@ def scenario_multiclient(b: Bench) -> dict[str, Any]:
             while True:  # drain B's IOPub
                 try:
                     kc_b.get_iopub_msg(timeout=0.2)
-                except Exception:
+                except Exception:  # noqa: BLE001
                     break
             times = []
             for i in range(warm + edits):
@@ -773,9 +815,15 @@ def scenario_bigdoc(b: Bench) -> dict[str, Any]:
             with watchdog(300, "create 1000 cells"):
                 a.connect()
                 t0 = time.perf_counter()
+                block_start, per_100 = t0, []
                 for i in range(cells):
                     a.create_cell(f"x_{i} = {i}\nprint(x_{i} * 2)  # cell {i}")
+                    if (i + 1) % 100 == 0:
+                        now = time.perf_counter()
+                        per_100.append(round(now - block_start, 4))
+                        block_start = now
                 out["create_cells_secs"] = time.perf_counter() - t0
+                out["create_blocks_of_100_secs"] = per_100
                 # make sure the daemon holds all of them before timing joins
                 probe = daemon.session(notebook_id)
                 probe.connect()
@@ -862,7 +910,8 @@ def scenario_memory(b: Bench) -> dict[str, Any]:
     with Side(res, "jupyter_client", b) as out:
         code = JC_MEMORY_CHILD.format(bench_dir=str(BENCH_DIR), specs=str(b.specs_dir), n=n,
                                       name=KERNEL_NAME, root=str(b.root))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"memory child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         data = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -1028,11 +1077,22 @@ def _get(d: dict[str, Any] | None, *path: str) -> Any:
     return d
 
 
+def short_error(text: str, limit: int = 160) -> str:
+    """First line of an error; when it only introduces more (ends with ':'), add the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    out = lines[0]
+    if out.endswith(":") and len(lines) > 1:
+        out += " " + lines[-1]
+    return out[:limit]
+
+
 def _err(side: dict[str, Any] | None, *path: str) -> str | None:
     """The error recorded for a side or for one of its cases, shortened for the table."""
     for d in (side, _get(side, *path[:1]) if path else None):
         if isinstance(d, dict) and d.get("error"):
-            return "ERROR: " + d["error"].splitlines()[0][:80]
+            return "ERROR: " + short_error(d["error"], 100)
     return None
 
 
@@ -1132,7 +1192,9 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         def mem(label: str, key: str, target: str = "", limit: float | None = None) -> None:
             rv, jv = _get(rt, key), _get(jc, key)
             ok = None if rv is None or limit is None else rv <= limit
-            add(label, _err(rt) or fmt_mb(rv), _err(jc) or fmt_mb(jv), _ratio(rv, jv), target, ok)
+            rt_s = fmt_mb(rv) if rv is not None else (_err(rt) or "-")
+            jc_s = fmt_mb(jv) if jv is not None else (_err(jc) or "-")
+            add(label, rt_s, jc_s, _ratio(rv, jv), target, ok)
         mem("manager RSS idle (daemon / jupyter_client process)", "rss_idle", TARGETS["rss_idle"], 45 * 2**20)
         mem("manager RSS with 1 kernel", "rss_1_kernel")
         mem(f"manager RSS with {n} kernels", f"rss_{n}_kernels")
@@ -1168,6 +1230,7 @@ def machine_info(b: Bench) -> dict[str, Any]:
         "python_executable": sys.executable,
         "loadavg_at_start": os.getloadavg(),
         "uv_cache_dir": str(b.uv_cache),
+        "commit_from_env": bool(os.environ.get("RUNTIMED_BENCH_COMMIT")),
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1179,6 +1242,7 @@ def machine_info(b: Bench) -> dict[str, Any]:
         info["mem_total_gib"] = round(int(mem[1]) / 2**20, 1)
     with contextlib.suppress(Exception):
         import jupyter_client
+
         import runtimed
 
         info["jupyter_client"] = jupyter_client.__version__
@@ -1186,7 +1250,7 @@ def machine_info(b: Bench) -> dict[str, Any]:
     if b.baseline_python.exists():
         proc = subprocess.run([str(b.baseline_python), "-c",
                                "import ipykernel, sys; print(ipykernel.__version__); print(sys.version.split()[0])"],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if proc.returncode == 0:
             info["ipykernel"], info["kernel_python"] = proc.stdout.split()[:2]
     return info
@@ -1196,7 +1260,7 @@ def render_report(results: dict[str, Any]) -> str:
     m = results["machine"]
     head = (f"runtimed bench — {m['date']} — commit {m['git_commit']} — {m.get('cpu_count')} cpus "
             f"({m.get('cpu_model', '?')}), python {m['python']}, ipykernel {m.get('ipykernel', '?')}, "
-            f"jupyter_client {m.get('jupyter_client', '?')}"
+            f"jupyter_client {m.get('jupyter_client', '?')}, hot kernels {results['config']['hot_kernels']}"
             f"{' — QUICK' if results['config']['quick'] else ''}")
     return head + "\n\n" + markdown_table(results["rows"])
 
@@ -1208,19 +1272,22 @@ def write_results_md(path: Path, results: dict[str, Any]) -> None:
         for side in ("runtimed", "jupyter_client"):
             d = scen.get(side) or {}
             if d.get("error"):
-                errors.append(f"- **{name} / {side}**: `{d['error'].splitlines()[0]}`")
+                errors.append(f"- **{name} / {side}**: `{short_error(d['error'], 300)}`")
             for key, val in d.items():
                 if isinstance(val, dict) and val.get("error"):
-                    errors.append(f"- **{name} / {side} / {key}**: `{val['error'].splitlines()[0]}`")
+                    errors.append(f"- **{name} / {side} / {key}**: `{short_error(val['error'], 300)}`")
+    snapshot = (" (RUNTIMED_BENCH_COMMIT: run from a `git archive` snapshot of that commit, "
+                "see README)") if m.get("commit_from_env") else ""
     text = f"""# Benchmark results
 
 Latest full run of `uv run python bench/run.py` (see [README.md](README.md)).
 
 - date: {m['date']}
-- commit: `{m['git_commit']}`
+- commit: `{m['git_commit']}`{snapshot}
 - machine: {m.get('cpu_count')} cpus ({m.get('cpu_model', '?')}), {m.get('mem_total_gib', '?')} GiB, {m['platform']}
 - load average at start: {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}
 - python {m['python']} (kernels: python {m.get('kernel_python', '?')}, ipykernel {m.get('ipykernel', '?')}); jupyter_client {m.get('jupyter_client', '?')}
+- daemons: uv pool only (conda pool size 0), hot kernels {results['config']['hot_kernels']}, log level {results['config']['daemon_log_level']}
 - wall time: {results['elapsed_secs']:.0f} s{' (quick mode)' if results['config']['quick'] else ''}
 
 {markdown_table(results['rows'])}
@@ -1228,9 +1295,50 @@ Latest full run of `uv run python bench/run.py` (see [README.md](README.md)).
 Ratio = runtimed / jupyter_client (lower is better for runtimed). Targets are issue 6's;
 ✅/❌ marks runtimed against them. Times are medians of several runs after a discarded warm-up.
 """
+    details = detail_lines(results)
+    if details:
+        text += "\n## Details\n\n" + "\n".join(details) + "\n"
     if errors:
         text += "\n## Errors recorded\n\n" + "\n".join(errors) + "\n"
     path.write_text(text)
+
+
+def detail_lines(results: dict[str, Any]) -> list[str]:
+    """A few figures behind the table: phases, per-block medians, load."""
+    scen = results["scenarios"]
+    lines = []
+    phases = _get(scen, "start", "runtimed", "phases_median")
+    if phases:
+        lines.append("- start, runtimed phases (medians): "
+                     + ", ".join(f"{k} {fmt_time(v)}" for k, v in phases.items()))
+    for side in ("runtimed", "jupyter_client"):
+        bl = _get(scen, "roundtrip", side, "run", "blocks_of_25")
+        if bl:
+            lines.append(f"- x=1 block-of-25 medians, {side}: " + ", ".join(f"{v * 1000:.1f}" for v in bl) + " ms")
+    bl = _get(scen, "roundtrip", "runtimed", "execute_cell", "blocks_of_25")
+    if bl:
+        lines.append("- execute_cell block-of-25 medians, runtimed: " + ", ".join(f"{v * 1000:.1f}" for v in bl)
+                     + " ms")
+    big = _get(scen, "bigdoc", "runtimed")
+    if isinstance(big, dict) and "create_cells_secs" in big:
+        blocks_100 = big.get("create_blocks_of_100_secs") or []
+        growth = (f" (per 100 cells: {fmt_time(blocks_100[0])} for the first, {fmt_time(blocks_100[-1])} "
+                  "for the last)") if blocks_100 else ""
+        lines.append(f"- bigdoc: client A creating 1,000 cells took {fmt_time(big['create_cells_secs'])}{growth}; "
+                     f"join = connect {fmt_time(big.get('connect_median'))} + reading the cells; "
+                     f"get_cells() on 1,000 cells {fmt_time(big.get('get_cells_1000_secs'))}")
+    restart = _get(scen, "restart", "runtimed", "restart_call_median")
+    if restart is not None:
+        lines.append(f"- restart: the restart_kernel() call itself {fmt_time(restart)} (median)")
+    mem = _get(scen, "memory", "runtimed")
+    if isinstance(mem, dict) and "first_kernel_overhead" in mem:
+        lines.append(f"- memory: the first kernel grew the daemon by {fmt_mb(mem['first_kernel_overhead'])}; "
+                     f"after shutting all kernels down it held {fmt_mb(mem.get('rss_after_shutdown'))}")
+    loads = {name: d.get("loadavg_1min_at_start") for name, d in scen.items() if isinstance(d, dict)}
+    if loads:
+        lines.append("- 1-min load average when each scenario started: "
+                     + ", ".join(f"{k} {v}" for k, v in loads.items()))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -1247,10 +1355,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the table with machine/date/commit to this markdown file "
                              "(e.g. bench/RESULTS.md)")
     parser.add_argument("--daemon-log-level", default="info", help="log level of the benchmarked daemons")
+    parser.add_argument("--hot-kernels", type=int, default=0,
+                        help="hot kernels per daemon, where runtimed has them (default 0: kernels start "
+                             "in a prewarmed env on demand)")
     parser.add_argument("--uv-cache-dir", default=None,
                         help="uv cache for every env the bench builds (default ~/.cache/runtimed-bench/uv)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary root (daemon logs) afterwards")
+    parser.add_argument("--from-json", metavar="PATH", default=None,
+                        help="run nothing: print the table (and --results-md) of an earlier JSON result")
     args = parser.parse_args(argv)
+
+    if args.from_json:
+        earlier = json.loads(Path(args.from_json).read_text())
+        earlier["rows"] = build_rows(earlier)
+        print(render_report(earlier))
+        if args.results_md:
+            write_results_md(Path(args.results_md), earlier)
+        return 0
 
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIO_FUNCS]
@@ -1260,10 +1381,16 @@ def main(argv: list[str] | None = None) -> int:
     b = Bench(args)
     started = time.monotonic()
     results: dict[str, Any] = {"config": {"quick": args.quick, "scenarios": chosen,
-                                          "daemon_log_level": args.daemon_log_level},
+                                          "daemon_log_level": args.daemon_log_level,
+                                          "hot_kernels": args.hot_kernels},
                                "scenarios": {}}
-    # SIGTERM behaves like Ctrl-C, so the finally below still cleans up.
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt, so the finally below still cleans up (also when
+    # started with SIGINT ignored, as background jobs of a non-interactive shell are).
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     interrupted = False
     try:
         b.prepare_baseline()
@@ -1271,15 +1398,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             log(f"scenario {name}")
             t0 = time.monotonic()
+            load = os.getloadavg()[0]
             try:
                 results["scenarios"][name] = SCENARIO_FUNCS[name](b)
             except KeyboardInterrupt:
                 raise
-            except Exception as exc:  # a harness-level failure of the scenario: record and go on
+            except Exception as exc:  # noqa: BLE001 (a harness-level failure: record, go on)
                 results["scenarios"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                               "traceback": traceback.format_exc()}
                 log(f"scenario {name} FAILED: {exc}")
             results["scenarios"][name]["elapsed_secs"] = round(time.monotonic() - t0, 1)
+            results["scenarios"][name]["loadavg_1min_at_start"] = round(load, 2)
             log(f"scenario {name} done in {time.monotonic() - t0:.1f} s")
     except KeyboardInterrupt:
         interrupted = True
