@@ -83,13 +83,26 @@ def new_cell_id() -> str:
 
 
 def cell_ids(replica: Replica) -> list[str]:
-    """Cell ids in document order."""
+    """Cell ids in document order (by position, then id).
+
+    Positions are written once, when a cell is created, so the order only changes
+    when cells come or go: it is cached per replica and refreshed from the key set,
+    reading positions of new cells only.
+    """
+    cache = replica.cache.get("cell_order")
+    if cache is not None and cache[0] == replica.version:
+        return cache[1]
     cells = _cells_obj(replica)
-    order = []
-    for cid in replica.keys(cells):
-        obj = replica.get_obj(cells, cid)
-        order.append((replica.get(obj, "position") or "", cid))
-    return [cid for _, cid in sorted(order)]
+    positions: dict[str, str] = cache[2] if cache is not None else {}
+    keys = replica.keys(cells)
+    if cache is None or len(keys) != len(positions) or any(k not in positions for k in keys):
+        positions = {k: positions.get(k) or replica.get(replica.get_obj(cells, k), "position") or ""
+                     for k in keys}
+        order = [cid for _, cid in sorted((pos, cid) for cid, pos in positions.items())]
+    else:
+        order = cache[1]  # type: ignore[index]
+    replica.cache["cell_order"] = (replica.version, order, positions)
+    return order
 
 
 def add_cell(
@@ -135,6 +148,10 @@ def add_cell(
         tx.put(cell, "execution_count", Null, None)
         tx.put(cell, "execution_id", Null, None)
         tx.put_object(cell, "metadata", Map)
+    _, _, positions = replica.cache["cell_order"]
+    positions = {**positions, cell_id: position}
+    new_order = [cid for _, cid in sorted((positions[c], c) for c in (*order, cell_id))]
+    replica.cache["cell_order"] = (replica.version, new_order, positions)  # no re-read needed
     return cell_id
 
 

@@ -37,6 +37,8 @@ class Replica:
         self.version = 0
         self._heads: list[bytes] = self.doc.get_heads()
         self._known: set[bytes] | None = None  # built on the first has_heads() that needs it
+        #: Derived data (e.g. cell order) that schema modules cache against :attr:`version`.
+        self.cache: dict[str, Any] = {}
         self._known_at: list[bytes] = []
 
     @classmethod
