@@ -567,21 +567,29 @@ def test_queue_order_survives_out_of_order_departures(state):
     assert rs.queued_ids(writer.replica) == ["exec-1", "exec-4", "exec-6"]
 
 
-def test_outputs_appended_spliced_replaced_and_cleared(state):
+def _stream(writer, eid, index, name, *texts):
+    from runtimed.outputs import StreamChunks
+
+    writer.append_output(eid, index, {"output_type": "stream", "name": name})
+    chunks = StreamChunks()
+    for text in texts:
+        chunks.append(text)
+        writer.write_stream(eid, index, chunks.commit())
+    return chunks
+
+
+def test_outputs_appended_streamed_replaced_and_cleared(state):
     writer, client, link = state
     writer.add_execution("e", "cell-1", "code")
-    writer.append_output("e", 0, {"output_type": "stream", "name": "stdout", "text": "hello"})
-    writer.splice_stream("e", 0, 5, 0, " world\n")
-    writer.splice_stream("e", 0, 0, 5, "HELLO")
+    _stream(writer, "e", 0, "stdout", "hello", " world\n", "\rHELLO")
     display = {"output_type": "display_data", "data": {"text/plain": "1"}, "metadata": {},
                "transient": {"display_id": "d"}}
     writer.append_output("e", 1, display)
-    writer.append_output("e", 2, {"output_type": "stream", "name": "stderr", "text": ""})
-    writer.splice_stream("e", 2, 0, 0, "warn")
+    _stream(writer, "e", 2, "stderr", "warn")
     link.sync()
     outputs = rs.read_execution(client, "e")["outputs"]
     assert outputs == [
-        {"output_type": "stream", "name": "stdout", "text": "HELLO world\n"},
+        {"output_type": "stream", "name": "stdout", "text": "hello world\nHELLO"},
         display,
         {"output_type": "stream", "name": "stderr", "text": "warn"},
     ]
@@ -597,32 +605,35 @@ def test_outputs_appended_spliced_replaced_and_cleared(state):
     link.sync()
     assert rs.read_execution(client, "e")["outputs"] == []
     writer.clear_outputs("e")  # clearing nothing is fine
-    writer.append_output("e", 0, {"output_type": "stream", "name": "stdout", "text": "again"})
+    _stream(writer, "e", 0, "stdout", "again")
     link.sync()
     assert rs.read_execution(client, "e")["outputs"] == [
         {"output_type": "stream", "name": "stdout", "text": "again"}
     ]
 
 
-def test_stream_splices_from_stream_text_reach_the_client(state):
-    from runtimed.outputs import StreamText
-
+def test_stream_chunks_with_carriage_returns_reach_the_client(state):
     writer, client, link = state
     writer.add_execution("e", "cell-1", "code")
-    writer.append_output("e", 0, {"output_type": "stream", "name": "stdout", "text": ""})
-    stream = StreamText()
-    for chunk in ["step 1\r", "step 2\r", "step 3 😀\n", "done"]:
-        writer.splice_stream("e", 0, *stream.append(chunk))
+    chunks = _stream(writer, "e", 0, "stdout", "step 1\r", "step 2\r", "step 3 😀\n", "done")
     link.sync()
     assert rs.read_execution(client, "e")["outputs"][0]["text"] == "step 3 😀\ndone"
+    # a long stream is a handful of chunks, not one operation per character
+    for i in range(2000):
+        chunks.append(f"line {i}\n")
+    writer.write_stream("e", 0, chunks.commit())
+    link.sync()
+    text = rs.read_execution(client, "e")["outputs"][0]["text"]
+    assert text.endswith("line 1999\n") and text.count("\n") == 2001
+    assert len(chunks.chunks) <= 4
 
 
 def test_outputs_of_different_executions_are_separate(state):
     writer, client, link = state
     writer.add_execution("a", "cell-1", "x")
     writer.add_execution("b", "cell-2", "y")
-    writer.append_output("a", 0, {"output_type": "stream", "name": "stdout", "text": "A"})
-    writer.append_output("b", 0, {"output_type": "stream", "name": "stdout", "text": "B"})
+    _stream(writer, "a", 0, "stdout", "A")
+    _stream(writer, "b", 0, "stdout", "B")
     writer.clear_outputs("a")
     link.sync()
     assert rs.read_execution(client, "a")["outputs"] == []

@@ -202,3 +202,34 @@ def test_output_from_execute_result_keeps_count_and_display_id():
 def test_output_from_display_data_without_display_id():
     out = output_from_message("display_data", {"data": {"text/html": "<b>"}, "metadata": {"a": 1}})
     assert out == {"output_type": "display_data", "data": {"text/html": "<b>"}, "metadata": {"a": 1}}
+
+
+def test_stream_chunks_commits_reproduce_the_rendered_text():
+    """Random kernel chunks and random sync points: the stored chunks always render right."""
+    import random
+
+    from runtimed.outputs import StreamChunks
+
+    def rendered(raw: list[str]) -> str:
+        st, text = StreamText(), ""
+        for chunk in raw:
+            start, _, insert = st.append(chunk)
+            text = text[:start] + insert
+        return text
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        stream, doc, raw = StreamChunks(), [], []
+        for _ in range(rng.randint(1, 12)):
+            chunk = "".join(rng.choice("ab\n\r") for _ in range(rng.randint(0, 6)))
+            raw.append(chunk)
+            stream.append(chunk)
+            if rng.random() < 0.5:
+                puts, inserts, deletes = stream.commit()
+                del doc[len(doc) - deletes:]
+                for i, text in puts:
+                    doc[i] = text
+                for i, text in inserts:
+                    doc.insert(i, text)
+                assert "".join(doc) == rendered(raw)
+        assert stream.text == rendered(raw)

@@ -83,3 +83,63 @@ def output_from_message(msg_type: str, content: dict[str, Any]) -> dict[str, Any
     if display_id:
         out["transient"] = {"display_id": display_id}
     return out
+
+
+class StreamChunks:
+    """One stream output stored as a list of text chunks, with edits batched between syncs.
+
+    The document holds a stream as a list of strings (one Automerge op per chunk,
+    whatever its size) rather than character-level Text: only the daemon writes
+    outputs, so nothing needs merging, and a 100,000-line cell costs a handful of
+    operations. :meth:`append` takes raw kernel text (terminal semantics via
+    :class:`StreamText`); :meth:`commit` returns the document operations that
+    bring the stored chunks up to date. The open last line is kept in a chunk
+    of its own, so a ``\\r`` rewrites only that small chunk.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self._text = StreamText()
+        self._stored = 0  # chunks[:_stored] are in the document unchanged
+        self._doc_count = 0  # how many chunks the document holds
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    @property
+    def dirty(self) -> bool:
+        return self._stored < len(self.chunks) or self._doc_count != len(self.chunks)
+
+    def append(self, raw: str) -> None:
+        start, _, insert = self._text.append(raw)  # always replaces the suffix from `start`
+        chunks = self.chunks
+        end = sum(map(len, chunks))
+        while chunks and end - len(chunks[-1]) >= start:  # drop whole chunks past the cut
+            end -= len(chunks.pop())
+        if chunks and end > start:  # cut into the last remaining chunk
+            chunks[-1] = chunks[-1][: len(chunks[-1]) - (end - start)]
+            self._stored = min(self._stored, len(chunks) - 1)
+        self._stored = min(self._stored, len(chunks))
+        if insert:
+            if len(chunks) > self._stored:  # the last chunk is not stored yet: grow it
+                chunks[-1] += insert
+            else:
+                chunks.append(insert)
+
+    def commit(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]], int]:
+        """``(puts, inserts, deletes)``: replace chunk i, insert chunk at i, delete N from the end.
+
+        Apply deletes first (from the end), then puts, then inserts in order.
+        """
+        chunks = self.chunks
+        last = chunks[-1] if chunks else ""
+        cut = last.rfind("\n") + 1
+        if len(chunks) > self._stored and 0 < cut < len(last):  # keep the open line on its own
+            chunks[-1:] = [last[:cut], last[cut:]]
+        deletes = max(0, self._doc_count - len(chunks))
+        kept = self._doc_count - deletes
+        puts = [(i, chunks[i]) for i in range(self._stored, kept)]
+        inserts = [(i, chunks[i]) for i in range(kept, len(chunks))]
+        self._stored = self._doc_count = len(chunks)
+        return puts, inserts, deletes

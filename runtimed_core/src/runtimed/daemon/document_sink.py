@@ -1,10 +1,11 @@
 """The daemon's own output sink: kernel outputs into the runtime-state document.
 
-Streams follow terminal semantics (:class:`runtimed.outputs.StreamText`):
-consecutive chunks of one stream merge into one output and are appended in
-place; ``clear_output`` (with ``wait``) and ``update_display_data`` rewrite
-earlier outputs. Each call edits the document at once; the room coalesces the
-network sync to one message per peer per event-loop tick.
+Streams follow terminal semantics (:class:`runtimed.outputs.StreamChunks`):
+consecutive chunks of one stream merge into one output; their text is written
+to the document once per sync (just before the room flushes), however many
+messages the kernel sent meanwhile. ``clear_output`` (with ``wait``) and
+``update_display_data`` rewrite earlier outputs. Other outputs are written at
+once; the room coalesces the network sync.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtimed.daemon.executor import PROGRESS_DELAY
-from runtimed.outputs import StreamText, output_from_message
+from runtimed.outputs import StreamChunks, output_from_message
 from runtimed.sinks import ExecutionContext, OutputSink
 
 
 @dataclass
 class _ExecutionOutputs:
     kinds: list[str] = field(default_factory=list)  # "stream:stdout", "display_data"...
-    stream: StreamText | None = None  # the last output's stream state, if it is a stream
+    stream: StreamChunks | None = None  # the last output's stream state, if it is a stream
     clear_pending: bool = False
 
 
@@ -56,15 +57,19 @@ class DocumentSink(OutputSink):
         output = output_from_message(msg_type, content)
         if msg_type == "stream":
             kind = f"stream:{output['name']}"
-            if state.kinds and state.kinds[-1] == kind and state.stream is not None:
-                start, delete, text = state.stream.append(output["text"])
-                writer.splice_stream(eid, len(state.kinds) - 1, start, delete, text)
-            else:
-                state.stream = StreamText()
-                _, _, text = state.stream.append(output["text"])
-                writer.append_output(eid, len(state.kinds), {**output, "text": text})
+            if not (state.kinds and state.kinds[-1] == kind and state.stream is not None):
+                self._commit(writer, eid, state)
+                state.stream = StreamChunks()
+                writer.append_output(eid, len(state.kinds), output)
                 state.kinds.append(kind)
+            stream = state.stream
+            assert stream is not None
+            if not stream.dirty:
+                index = len(state.kinds) - 1
+                ctx.room.before_flush.append(lambda: self._write(writer, eid, index, stream))
+            stream.append(output["text"])
         else:
+            self._commit(writer, eid, state)
             state.stream = None
             index = len(state.kinds)
             writer.append_output(eid, index, output)
@@ -74,7 +79,19 @@ class DocumentSink(OutputSink):
                 self._displays.setdefault((ctx.notebook_id, display_id), []).append((eid, index, output))
         ctx.room.schedule_flush(PROGRESS_DELAY)
 
+    @staticmethod
+    def _write(writer: Any, eid: str, index: int, stream: StreamChunks) -> None:
+        if stream.dirty:
+            writer.write_stream(eid, index, stream.commit())
+
+    def _commit(self, writer: Any, eid: str, state: _ExecutionOutputs) -> None:
+        """Write the current stream's pending text now (before anything follows it)."""
+        if state.stream is not None:
+            self._write(writer, eid, len(state.kinds) - 1, state.stream)
+
     def _clear(self, writer: Any, eid: str, state: _ExecutionOutputs) -> None:
+        if state.stream is not None:
+            state.stream.commit()  # whatever was pending is moot: it is being cleared
         writer.clear_outputs(eid)
         state.kinds.clear()
         state.stream = None

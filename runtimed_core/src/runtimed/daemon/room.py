@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,8 @@ class Room:
         self._shut_down = False
         self._flush_handle: asyncio.Handle | None = None
         self._flush_due = 0.0
+        #: Callbacks run once at the start of the next flush (batched document writes).
+        self.before_flush: list[Callable[[], None]] = []
         self._doc_moved: asyncio.Future[None] | None = None
         self._evict_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -143,6 +146,9 @@ class Room:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        pending, self.before_flush = self.before_flush, []
+        for write in pending:
+            write()
         for peer in list(self.peers):
             if peer.proto.closed:
                 continue

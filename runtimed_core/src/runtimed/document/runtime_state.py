@@ -12,9 +12,10 @@ Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
     (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
     restarted, shutdown)
 
-An output is a map: streams are ``output_type``, ``name`` and ``text`` (Text,
-appended in place); every other output is ``output_type`` and ``json`` (the
-nbformat output as a JSON string).
+An output is a map: streams are ``output_type``, ``name`` and ``chunks`` (a list
+of strings whose concatenation is the text: appending is one operation per
+chunk, see :class:`runtimed.outputs.StreamChunks`); every other output is
+``output_type`` and ``json`` (the nbformat output as a JSON string).
 """
 
 from __future__ import annotations
@@ -108,24 +109,33 @@ class RuntimeStateWriter:
         return self._exec_objs[execution_id][1]
 
     def append_output(self, execution_id: str, index: int, output: dict[str, Any]) -> None:
+        """Insert an output; a stream starts with no chunks (see :meth:`write_stream`)."""
         outputs = self.outputs_obj(execution_id)
         with self.replica.change() as tx:
             out = tx.insert_object(outputs, index, Map)
             tx.put(out, "output_type", Str, output["output_type"])
             if output["output_type"] == "stream":
                 tx.put(out, "name", Str, output["name"])
-                text = tx.put_object(out, "text", Text)
-                if output["text"]:
-                    tx.splice_text(text, 0, 0, output["text"])
+                tx.put_object(out, "chunks", List)
             else:
                 tx.put(out, "json", Str, json.dumps(output))
 
-    def splice_stream(self, execution_id: str, index: int, start: int, delete: int, text: str) -> None:
-        outputs = self.outputs_obj(execution_id)
-        out = self.replica.get_obj(outputs, index)
-        text_obj = self.replica.get_obj(out, "text")
+    def write_stream(self, execution_id: str, index: int,
+                     plan: tuple[list[tuple[int, str]], list[tuple[int, str]], int]) -> None:
+        """Apply a :meth:`runtimed.outputs.StreamChunks.commit` plan to a stream output."""
+        puts, inserts, deletes = plan
+        out = self.replica.get_obj(self.outputs_obj(execution_id), index)
+        chunks = self.replica.get_obj(out, "chunks")
+        if chunks is None:
+            return
+        length = self.replica.length(chunks)
         with self.replica.change() as tx:
-            tx.splice_text(text_obj, start, delete, text)
+            for i in range(length - 1, length - 1 - deletes, -1):
+                tx.delete(chunks, i)
+            for i, text in puts:
+                tx.put(chunks, i, Str, text)
+            for i, text in inserts:
+                tx.insert(chunks, i, Str, text)
 
     def replace_output(self, execution_id: str, index: int, output: dict[str, Any]) -> None:
         outputs = self.outputs_obj(execution_id)
@@ -152,9 +162,9 @@ def read_kernel(replica: Replica) -> dict[str, Any]:
 def _read_output(replica: Replica, out: bytes) -> dict[str, Any]:
     kind = replica.get(out, "output_type")
     if kind == "stream":
-        text = replica.get_obj(out, "text")
-        return {"output_type": "stream", "name": replica.get(out, "name"),
-                "text": replica.text(text) if text is not None else ""}
+        chunks = replica.get_obj(out, "chunks")
+        text = "".join(replica.get(chunks, i) for i in range(replica.length(chunks))) if chunks else ""
+        return {"output_type": "stream", "name": replica.get(out, "name"), "text": text}
     return json.loads(replica.get(out, "json") or "{}")
 
 
