@@ -1,0 +1,476 @@
+"""N ready environments, built ahead of time: the prewarmed-pool rules, independent of the family.
+
+Nothing here knows about conda; a pool supplies a *build* function (build one
+env into a given directory) and a few predicates. The rules are the uv pool's
+(``runtimed_uv_pool.pool``), so both families behave alike:
+
+- the pool keeps ``target`` ready envs; taking one hands it to exactly one
+  kernel (its ``.warmed`` marker is removed, so it is never reused, even after
+  a restart) and wakes the warmer to build a replacement;
+- with none ready, :meth:`Prewarmer.take` waits, bounded by
+  :attr:`Prewarmer.acquire_timeout`, and gives up early once builds keep failing;
+- ready envs older than :attr:`Prewarmer.max_age` are deleted and rebuilt;
+  envs whose marker does not match the current configuration, whose python is
+  gone or that fail the pool's check are discarded at start, never handed out;
+- :meth:`Prewarmer.flush` deletes every ready env, abandons a build in progress
+  and rebuilds.
+
+Layout under ``envs_dir``::
+
+    <family>-building-<hex>/    an env being built (never handed out; deleted at start)
+    <family>-prewarmed-<hex>/   a ready env; ``.warmed`` holds JSON {created, ...the build's fields}
+
+One background task (the *warmer*) builds envs one at a time until the pool
+holds its target plus one per waiting :meth:`Prewarmer.take`. It sleeps on an
+:class:`asyncio.Event` between builds; waiters sleep on a "something changed"
+event the warmer sets after every build, success or failure. While a waiter
+waits, the build's progress messages are forwarded to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtimed.errors import EnvironmentFailed
+from runtimed.pools import PoolStatus, Progress
+
+MARKER = ".warmed"
+
+#: ``build(directory, progress)``: build one env into ``directory`` (which does
+#: not exist yet) and return the marker fields to record (JSON-able).
+BuildFn = Callable[[Path, Progress], Awaitable[dict[str, Any]]]
+
+
+class BuildFailed(Exception):
+    """Building one env failed; the message says which step and quotes the tool."""
+
+
+@dataclass
+class ReadyEnv:
+    """A ready env on disk and what its marker says."""
+
+    path: Path
+    created: float
+    marker: dict[str, Any] = field(default_factory=dict)
+
+
+class Prewarmer:
+    """A pool of ready envs of one family; see the module docstring.
+
+    Tunables are plain attributes so the pool (or a test) can change them after
+    construction.
+    """
+
+    #: Longest :meth:`take` waits for the warmer, in seconds.
+    acquire_timeout: float = 120.0
+    #: :meth:`take` gives up early once this many builds in a row failed
+    #: (at least one of them while it was waiting).
+    give_up_after_failures: int = 2
+    #: Ready envs older than this (seconds) are deleted and rebuilt.
+    max_age: float = 2 * 24 * 3600
+    #: Longest pause between retries while builds keep failing and nobody waits.
+    max_retry_delay: float = 300.0
+
+    def __init__(
+        self,
+        *,
+        family: str,
+        label: str,
+        envs_dir: Path,
+        target: Callable[[], int],
+        build: BuildFn,
+        is_current: Callable[[dict[str, Any]], bool],
+        python: Callable[[Path], Path],
+        check: Callable[[Path], Awaitable[bool]],
+        fix_hint: Callable[[], str],
+        log: logging.Logger,
+    ) -> None:
+        """``label`` names the pool in messages (``"conda pool"``); ``is_current(marker)``
+        says whether an env on disk was built for the current configuration;
+        ``python(path)`` is an env's interpreter; ``check(path)`` runs it (at start);
+        ``fix_hint()`` ends the message of repeated build failures.
+        """
+        self.family = family
+        self.label = label
+        self.envs_dir = envs_dir
+        self.ready_prefix = f"{family}-prewarmed-"
+        self.building_prefix = f"{family}-building-"
+        self._target = target
+        self._build_env = build
+        self._is_current = is_current
+        self._python = python
+        self._check = check
+        self._fix_hint = fix_hint
+        self.log = log
+        self._ready: deque[ReadyEnv] = deque()
+        self._running = False
+        self._warmer: asyncio.Task[None] | None = None
+        self._building = False
+        self._waiters = 0
+        self._listeners: set[Progress] = set()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._deletions: set[asyncio.Task[None]] = set()
+        self._consecutive_failures = 0
+        self._failures_total = 0
+        self._last_error: str | None = None
+        self._retry_at = 0.0
+        self._logged_available: int | None = None
+
+    @property
+    def target(self) -> int:
+        return max(0, self._target())
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def log_label(self) -> str:
+        return self.label[:1].upper() + self.label[1:]
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reuse valid envs left on disk, delete the rest, and start warming in the background."""
+        if self._running:
+            return
+        self._running = True
+        # Fresh events: asyncio primitives bind to the loop that first waits on them.
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self.envs_dir.mkdir(parents=True, exist_ok=True)
+        reusable = await self._scan()  # newest first
+        for env in reusable[self.target :]:
+            self.discard(env.path)
+        # Oldest first, like the envs the warmer appends: take() pops from the left.
+        self._ready.extend(reversed(reusable[: self.target]))
+        self._log_available()
+        self._start_warmer()
+
+    async def stop(self) -> None:
+        """Cancel the warmer (and its build), wake waiters, finish deletions. Safe to call twice.
+
+        Ready envs stay on disk for the next :meth:`start`.
+        """
+        self._running = False
+        await self._stop_warmer()
+        self._notify()
+        self._ready.clear()
+        self._logged_available = None
+        await self.drain_deletions()
+
+    async def drain_deletions(self) -> None:
+        while self._deletions:
+            await asyncio.gather(*self._deletions)
+
+    def status(self) -> PoolStatus:
+        """``available``: ready envs; ``warming``: the build running plus those still to build."""
+        available = len(self._ready)
+        warming = 1 if self._building else 0
+        if self._warmer is not None and not self._warmer.done():
+            warming = max(warming, self._wanted() - available)
+        return PoolStatus(available=available, warming=warming, target=self.target)
+
+    async def flush(self) -> None:
+        """Delete every ready env, abandon a build in progress, and rebuild to the target."""
+        await self._stop_warmer()
+        while self._ready:
+            self.discard(self._ready.popleft().path)
+        self._consecutive_failures = 0
+        self._last_error = None
+        self._retry_at = 0.0
+        self._log_available()
+        if self._running:
+            self._start_warmer()
+
+    # -- handing envs out -----------------------------------------------------
+
+    async def take(self, env_source: str, progress: Progress) -> ReadyEnv:
+        """Hand out one ready env (never twice) and wake the warmer for its replacement.
+
+        With none ready, report progress and wait (see the class docstring).
+        Raises :class:`EnvironmentFailed` for a stopped pool, repeated build
+        failures (quoting the last error), or the timeout.
+        """
+        if not self._running:
+            raise EnvironmentFailed(
+                f"The {self.label} is not running (the daemon is starting or stopping); try again.",
+                env_source=env_source,
+            )
+        env = self._take_ready()
+        if env is None:
+            progress("preparing_env", f"Waiting for the {self.label} to warm an environment")
+            env = await self._wait_for_env(env_source, progress)
+        self._wake.set()  # build the replacement
+        return env
+
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` is one of this pool's ready (or handed-out) env directories."""
+        return path.parent == self.envs_dir and path.name.startswith(self.ready_prefix)
+
+    async def release(self, path: Path) -> None:
+        """The kernel using ``path`` is gone: delete the env (in the background while running)."""
+        if not self.owns(path):
+            self.log.warning(
+                "%s: not deleting %s, it is not one of the pool's envs", self.log_label, path
+            )
+            return
+        if self._running:
+            self.discard(path)
+        else:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+    def _take_ready(self) -> ReadyEnv | None:
+        """Pop the oldest ready env that is still intact; discard broken ones on the way."""
+        while self._ready:
+            env = self._ready.popleft()
+            marker = env.path / MARKER
+            if self._python(env.path).exists() and marker.exists():
+                marker.unlink(missing_ok=True)  # handed out: never reused after a restart
+                self._log_available()
+                return env
+            self.log.warning("%s: discarding broken environment %s", self.log_label, env.path)
+            self.discard(env.path)
+        self._log_available()
+        return None
+
+    async def _wait_for_env(self, env_source: str, progress: Progress) -> ReadyEnv:
+        deadline = time.monotonic() + self.acquire_timeout
+        failures_seen = self._failures_total
+        self._waiters += 1
+        self._listeners.add(progress)
+        self._wake.set()
+        try:
+            while True:
+                changed = self._changed
+                env = self._take_ready()
+                if env is not None:
+                    return env
+                # (No warmer at all is fine: flush() is between stopping and restarting it.)
+                if not self._running or (self._warmer is not None and self._warmer.done()):
+                    raise EnvironmentFailed(
+                        f"The {self.label} stopped before an environment was ready."
+                        + self._last_error_hint(),
+                        env_source=env_source,
+                    )
+                if (
+                    self._failures_total > failures_seen
+                    and self._consecutive_failures >= self.give_up_after_failures
+                ):
+                    raise EnvironmentFailed(
+                        f"The {self.label} could not build an environment "
+                        f"({self._consecutive_failures} attempts in a row failed). "
+                        f"{self._last_error}\n{self._fix_hint()}",
+                        env_source=env_source,
+                    )
+                if not await wait_event(changed, deadline - time.monotonic()):
+                    raise EnvironmentFailed(
+                        f"Timed out after {self.acquire_timeout:g} s waiting for the {self.label} "
+                        "to warm an environment." + self._last_error_hint(),
+                        env_source=env_source,
+                    ) from None
+        finally:
+            self._waiters -= 1
+            self._listeners.discard(progress)
+
+    def _last_error_hint(self) -> str:
+        return f" Last build error: {self._last_error}" if self._last_error else ""
+
+    # -- the warmer -----------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the warmer look again (after a configuration change, say)."""
+        self._wake.set()
+
+    def _wanted(self) -> int:
+        """Ready envs the warmer aims for: the target plus one per waiting take."""
+        return self.target + self._waiters
+
+    def _start_warmer(self) -> None:
+        self._warmer = asyncio.create_task(self._warm(), name=f"runtimed-{self.family}-pool-warmer")
+
+    async def _stop_warmer(self) -> None:
+        warmer, self._warmer = self._warmer, None
+        if warmer is not None and not warmer.done():
+            warmer.cancel()
+            # asyncio.wait does not raise the warmer's CancelledError, only our own.
+            await asyncio.wait({warmer})
+
+    async def _warm(self) -> None:
+        """Build envs one at a time until the pool holds what it should; then sleep until woken."""
+        try:
+            while True:
+                self._wake.clear()
+                self._prune_stale()
+                now = time.monotonic()
+                if len(self._ready) >= self._wanted():
+                    await wait_event(self._wake, self._seconds_until_stale())
+                elif self._retry_at > now and not self._waiters:
+                    await wait_event(self._wake, self._retry_at - now)
+                else:
+                    await self._build_and_record()
+        except Exception as exc:  # a bug, not a build failure: waiters must not hang
+            self.log.exception("%s: the warmer crashed", self.log_label)
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._notify()
+
+    async def _build_and_record(self) -> None:
+        self._building = True
+        try:
+            env = await self._build()
+        except BuildFailed as exc:
+            self._consecutive_failures += 1
+            self._failures_total += 1
+            self._last_error = str(exc)
+            delay = min(self.max_retry_delay, 5.0 * 2 ** (self._consecutive_failures - 1))
+            self._retry_at = time.monotonic() + delay
+            self.log.warning("%s: building an environment failed: %s", self.log_label, exc)
+        else:
+            self._consecutive_failures = 0
+            self._retry_at = 0.0
+            self._ready.append(env)
+            self._log_available()
+        finally:
+            self._building = False
+            self._notify()
+
+    def _broadcast(self, phase: str, message: str) -> None:
+        """Forward a build's progress to everyone waiting (and the debug log)."""
+        self.log.debug("%s: %s", self.log_label, message)
+        for listener in list(self._listeners):
+            try:
+                listener(phase, message)
+            except Exception:  # a client's callback must not break the build
+                self.log.debug("%s: a progress callback failed", self.log_label, exc_info=True)
+
+    async def _build(self) -> ReadyEnv:
+        """Build one env into a temporary directory and move it into place once warmed."""
+        name = uuid.uuid4().hex
+        tmp = self.envs_dir / f"{self.building_prefix}{name}"
+        final = self.envs_dir / f"{self.ready_prefix}{name}"
+        started = time.monotonic()
+        self.log.debug("%s: building %s", self.log_label, final.name)
+        try:
+            fields = await self._build_env(tmp, self._broadcast)
+            created = time.time()
+            marker = {**fields, "created": created}
+            (tmp / MARKER).write_text(json.dumps(marker))
+            tmp.rename(final)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        self.log.info(
+            "%s: built %s in %.1f s", self.log_label, final.name, time.monotonic() - started
+        )
+        return ReadyEnv(final, created, marker)
+
+    def _seconds_until_stale(self) -> float | None:
+        if not self._ready:
+            return None
+        oldest = min(env.created for env in self._ready)
+        return max(0.0, oldest + self.max_age - time.time())
+
+    def _prune_stale(self) -> None:
+        now = time.time()
+        for env in [e for e in self._ready if now - e.created > self.max_age]:
+            self.log.info(
+                "%s: %s is older than %g h, rebuilding",
+                self.log_label,
+                env.path.name,
+                self.max_age / 3600,
+            )
+            self._ready.remove(env)
+            self.discard(env.path)
+        self._log_available()
+
+    # -- disk -----------------------------------------------------------------
+
+    async def _scan(self) -> list[ReadyEnv]:
+        """Envs on disk worth reusing, newest first; every other pool env is deleted."""
+        candidates: list[ReadyEnv] = []
+        for path in sorted(self.envs_dir.iterdir()):
+            if path.name.startswith(self.building_prefix):
+                self.discard(path)
+            elif path.name.startswith(self.ready_prefix):
+                env = self._reusable(path)
+                if env is None:
+                    self.discard(path)
+                else:
+                    candidates.append(env)
+        works = await asyncio.gather(*(self._check(env.path) for env in candidates))
+        reusable = []
+        for env, ok in zip(candidates, works):
+            if ok:
+                reusable.append(env)
+            else:
+                self.log.info(
+                    "%s: discarding %s, its python no longer runs", self.log_label, env.path.name
+                )
+                self.discard(env.path)
+        return sorted(reusable, key=lambda env: env.created, reverse=True)
+
+    def _reusable(self, path: Path) -> ReadyEnv | None:
+        """A ready env from a marker that is fresh and matches the current config, else None."""
+        try:
+            marker: dict[str, Any] = json.loads((path / MARKER).read_text())
+            created = float(marker["created"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.log.info(
+                "%s: discarding %s, it has no valid %s marker", self.log_label, path.name, MARKER
+            )
+            return None
+        env = ReadyEnv(path, created, marker)
+        if time.time() - created > self.max_age:
+            reason = "it is stale"
+        elif not self._is_current(marker):
+            reason = "it was built for another configuration"
+        elif not self._python(path).exists():
+            reason = "its python is missing"
+        else:
+            return env
+        self.log.info("%s: discarding %s, %s", self.log_label, path.name, reason)
+        return None
+
+    def discard(self, path: Path) -> None:
+        """Delete ``path`` in a background thread; :meth:`stop` waits for pending deletions."""
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, path, True))
+        self._deletions.add(task)
+        task.add_done_callback(self._deletions.discard)
+
+    # -- notifications --------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wake every waiter: swap in a fresh event and set the old one."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _log_available(self) -> None:
+        available = len(self._ready)
+        if available != self._logged_available:
+            self._logged_available = available
+            self.log.info("%s: %d/%d available", self.log_label, available, self.target)
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; return whether it was set.
+
+    Unlike ``asyncio.wait_for`` on Python 3.10/3.11, never swallows a
+    cancellation that arrives just as the event is set.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=None if timeout is None else max(timeout, 0))
+    finally:
+        waiter.cancel()
+    return bool(done)

@@ -1,0 +1,70 @@
+"""Fixtures for the conda pool's tests: a local ``file://`` test channel and pools that use it.
+
+The channel (:mod:`runtimed_conda_pool.testing`) is built once per machine and
+cached under the system temp directory; it is configured exactly as a real
+channel would be, through ``RUNTIMED_CONDA_CHANNELS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runtimed.config import DaemonConfig
+from runtimed_conda_pool import CondaPool
+from runtimed_conda_pool.lockfile import _conda_lock
+from runtimed_conda_pool.testing import LocalChannel, local_channel
+
+
+@pytest.fixture(scope="session")
+def conda_channel() -> LocalChannel:
+    """The local test channel (python shim, ipykernel, ipywidgets, pip, runtimed-test-hello)."""
+    # conda-lock warns while it imports; import it here, on the main thread, once.
+    _conda_lock()
+    return local_channel()
+
+
+@pytest.fixture(scope="session")
+def rattler_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One rattler package cache for the session, so only the first install extracts packages."""
+    return tmp_path_factory.mktemp("rattler-cache")
+
+
+@pytest.fixture
+def conda_env(
+    conda_channel: LocalChannel, rattler_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Point the conda pool at the test channel, the way a user would configure conda-forge."""
+    env = {"RUNTIMED_CONDA_CHANNELS": conda_channel.url, "RATTLER_CACHE_DIR": str(rattler_cache)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def make_pool(conda_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., CondaPool]]:
+    """``make_pool(size=1, compile=False, packages=None, cache_dir=None)``: a pool on the channel.
+
+    Bytecode compilation is off unless asked for: it is the slowest step and one
+    test covers it.
+    """
+
+    def factory(
+        size: int = 1,
+        *,
+        compile: bool = False,
+        packages: list[str] | None = None,
+        cache_dir: Path | None = None,
+    ) -> CondaPool:
+        config = DaemonConfig(
+            cache_dir=cache_dir or tmp_path / "cache",
+            conda_pool_size=size,
+            default_packages=packages or [],
+        )
+        pool = CondaPool(config)
+        pool.builder.compile_bytecode = compile
+        return pool
+
+    yield factory

@@ -1,0 +1,128 @@
+"""End to end: a real daemon (conda pool on the local test channel), real kernels in conda envs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtimed.errors import EnvironmentFailed
+from runtimed.pytest_plugin import DaemonProcess
+from runtimed_conda_pool.testing import LocalChannel, make_wheel
+
+REPORT = "import sys, runtimed_test_hello as h; print(sys.prefix); print(h.__version__)"
+
+
+def kernel_report(session: Any, code: str = REPORT) -> list[str]:
+    result = session.run(code)
+    assert result.success, result.error
+    return result.stdout.split()
+
+
+@pytest.mark.slow
+def test_conda_kernels_through_a_real_daemon(
+    runtimed_daemon_factory: Callable[..., DaemonProcess],
+    conda_env: dict[str, str],
+    conda_channel: LocalChannel,
+    tmp_path: Path,
+) -> None:
+    daemon = runtimed_daemon_factory(
+        uv_pool_size=0, env=conda_env, extra_args=["--conda-pool-size", "1"]
+    )
+    try:
+        envs = daemon.cache_dir / "conda-envs"
+        daemon.wait_for_pool(1, family="conda", timeout=120)
+        assert daemon.client().status()["conda_available"] == 1
+        assert "Conda pool: 1/1 available" in daemon.log()
+
+        # conda:prewarmed: a ready env from the pool.
+        with daemon.session("prewarmed") as session:
+            session.start_kernel(env_source="conda:prewarmed")
+            assert session.env_source == "conda:prewarmed"
+            [prefix] = kernel_report(
+                session, "import sys, ipykernel, ipywidgets; print(sys.prefix)"
+            )
+            assert Path(prefix).parent == envs and Path(prefix).name.startswith("conda-prewarmed-")
+            assert (Path(prefix) / "conda-meta").is_dir()
+
+        # conda:inline through auto:conda, with the build's progress reaching the client.
+        metadata = json.dumps({"conda": {"dependencies": ["runtimed-test-hello 1.*"]}})
+        progress: list[str] = []
+        with daemon.session("inline-1") as session:
+            session.connect()
+            session.set_metadata("runt", metadata)
+            session.start_kernel(
+                env_source="auto:conda",
+                on_progress=lambda kernel: progress.append(kernel.get("progress") or ""),
+            )
+            assert session.env_source == "conda:inline"
+            inline_prefix, version = kernel_report(session)
+            assert version == "1.0.0"
+            assert Path(inline_prefix).name.startswith("conda-inline-")
+        assert any(p.startswith("Solving metadata.runt.conda") for p in progress), progress
+
+        # The same spec in another notebook reuses the cached env.
+        with daemon.session("inline-2") as session:
+            session.connect()
+            session.set_metadata("runt", metadata)
+            started = time.monotonic()
+            session.start_kernel(env_source="conda:inline")
+            reused_in = time.monotonic() - started
+            assert kernel_report(session) == [inline_prefix, "1.0.0"]
+        assert reused_in < 10, f"the second start took {reused_in:.1f} s"
+        assert "conda:inline reuses" in daemon.log()
+
+        # auto finds environment.yml (with a pip: section) and pixi.toml next to the notebook.
+        wheel = make_wheel(
+            tmp_path / "wheels",
+            "runtimed-test-pip-extra",
+            "0.3.0",
+            {"runtimed_test_pip_extra/__init__.py": "VALUE = 42\n"},
+        )
+        yml_project = tmp_path / "yml-project"
+        (yml_project / ".git").mkdir(parents=True)
+        (yml_project / "environment.yml").write_text(
+            f"channels: [{conda_channel.url}]\n"
+            f"dependencies:\n  - runtimed-test-hello=2\n  - pip:\n      - {wheel.as_uri()}\n"
+        )
+        pixi_project = tmp_path / "pixi-project"
+        (pixi_project / ".git").mkdir(parents=True)
+        (pixi_project / "pixi.toml").write_text(
+            f'[workspace]\nchannels = ["{conda_channel.url}"]\n'
+            '[dependencies]\nruntimed-test-hello = "1.*"\n'
+        )
+        for project, source, version in (
+            (yml_project, "conda:env_yml", "2.0.0"),
+            (pixi_project, "conda:pixi", "1.0.0"),
+        ):
+            with daemon.session(source.replace(":", "-")) as session:
+                session.start_kernel(notebook_path=str(project / "analysis.ipynb"))
+                assert session.env_source == source
+                prefix, got = kernel_report(session)
+                assert (Path(prefix).parent, got) == (envs, version)
+                assert Path(prefix).name.startswith(f"conda-{source.split(':')[1]}-")
+                if source == "conda:env_yml":
+                    assert kernel_report(
+                        session, "import runtimed_test_pip_extra as m; print(m.VALUE)"
+                    ) == ["42"]
+
+        # An unsatisfiable spec fails that start, quoting the solver; other notebooks carry on.
+        with daemon.session("unsatisfiable") as session:
+            session.connect()
+            session.set_metadata(
+                "runt", json.dumps({"conda": {"dependencies": ["runtimed-test-hello >=99"]}})
+            )
+            with pytest.raises(
+                EnvironmentFailed, match="No candidates were found for runtimed-test-hello >=99"
+            ):
+                session.start_kernel(env_source="conda:inline")
+        with daemon.session("after-failure") as session:
+            session.start_kernel(env_source="conda:prewarmed")
+            assert session.run("print(6 * 7)").stdout == "42\n"
+    except BaseException:
+        print(daemon.log()[-30000:])  # pytest shows it with the failure
+        raise
