@@ -253,8 +253,10 @@ def test_daemon_client(runtimed_daemon):
     assert stats["uv_available"] + stats["uv_warming"] >= 1
 
 
-def test_env_source_without_its_plugin_fails_clearly(runtimed_session, tmp_path):
-    s = runtimed_session
+def test_env_source_without_its_plugin_fails_clearly(runtimed_daemon_factory, tmp_path):
+    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, hot_kernels=0,
+                                     env={"RUNTIMED_DISABLE_PLUGINS": "conda_pool"})
+    s = daemon.session()
     with pytest.raises(runtimed.EnvironmentFailed, match="runtimed-conda-pool"):
         s.start_kernel(env_source="conda:prewarmed")
     (tmp_path / ".git").mkdir()
@@ -265,6 +267,7 @@ def test_env_source_without_its_plugin_fails_clearly(runtimed_session, tmp_path)
         s.start_kernel(env_source="pip:magic")
     s.start_kernel(env_source="uv:prewarmed")  # the room recovers
     assert s.env_source == "uv:prewarmed"
+    s.__exit__(None, None, None)
 
 
 def test_hot_kernel_claim_moves_to_the_notebook_directory(runtimed_daemon_factory, tmp_path):

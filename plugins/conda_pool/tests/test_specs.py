@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtimed_conda_pool.pool import CHANNELS_VAR, configured_channels
+from runtimed.config import DaemonConfig
 from runtimed_conda_pool.specs import (
     SpecError,
     env_yml_spec,
@@ -26,10 +26,10 @@ def inline(section: object) -> dict[str, object]:
 
 
 def test_channels_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(CHANNELS_VAR, raising=False)
-    assert configured_channels() == ["conda-forge"]
-    monkeypatch.setenv(CHANNELS_VAR, " file:///srv/channel , bioconda,,")
-    assert configured_channels() == ["file:///srv/channel", "bioconda"]
+    monkeypatch.delenv("RUNTIMED_CONDA_CHANNELS", raising=False)
+    assert DaemonConfig().conda_channels == ["conda-forge"]
+    monkeypatch.setenv("RUNTIMED_CONDA_CHANNELS", " file:///srv/channel , bioconda,,")
+    assert DaemonConfig().conda_channels == ["file:///srv/channel", "bioconda"]
 
 
 def test_prewarmed_spec_has_the_kernel_packages_and_the_defaults() -> None:

@@ -30,6 +30,8 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, field)
         if value is not None:
             overrides[field] = value
+    if args.conda_channels:
+        overrides["conda_channels"] = [c.strip() for c in args.conda_channels.split(",") if c.strip()]
     config = DaemonConfig(**overrides)
     on_ready = _detach() if args.detach else None
     logging.basicConfig(
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--uv-pool-size", type=int, help="ready uv environments (env RUNTIMED_UV_POOL_SIZE, default 2)")
     run.add_argument("--conda-pool-size", type=int,
                      help="ready conda environments (env RUNTIMED_CONDA_POOL_SIZE, default 1)")
+    run.add_argument("--conda-channels",
+                     help="comma-separated conda channels (env RUNTIMED_CONDA_CHANNELS, default conda-forge)")
     run.add_argument("--hot-kernels", type=int,
                      help="python kernels kept started in prewarmed envs (env RUNTIMED_HOT_KERNELS, default 1)")
     run.add_argument("--keep-alive-secs", type=float,

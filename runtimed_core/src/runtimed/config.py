@@ -16,7 +16,7 @@ def _env_int(var: str, default: int) -> int:
 
 
 def _env_list(var: str) -> list[str]:
-    return [item for item in os.environ.get(var, "").split(",") if item.strip()]
+    return [item.strip() for item in os.environ.get(var, "").split(",") if item.strip()]
 
 
 @dataclass
@@ -52,6 +52,10 @@ class DaemonConfig:
     )
     #: ...and so are the least recently used beyond this many (never one a live kernel uses).
     inline_env_max_count: int = field(default_factory=lambda: _env_int("RUNTIMED_INLINE_ENV_MAX_COUNT", 10))
+    #: Conda channels (names or URLs, ``file://`` included) for the conda family.
+    conda_channels: list[str] = field(
+        default_factory=lambda: _env_list("RUNTIMED_CONDA_CHANNELS") or ["conda-forge"]
+    )
     #: The env family ``auto`` and ``prewarmed`` fall back to (``uv`` or ``conda``).
     default_family: str = field(default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_FAMILY", "uv"))
     log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))

@@ -40,8 +40,8 @@ START_TIMEOUT = 60.0
 class DaemonProcess:
     """A daemon started for tests: its directories, process, and clients bound to it."""
 
-    def __init__(self, root: Path, *, uv_pool_size: int = 2, hot_kernels: int = 1,
-                 keep_alive_secs: float = 2.0,
+    def __init__(self, root: Path, *, uv_pool_size: int = 2, conda_pool_size: int = 0,
+                 hot_kernels: int = 1, keep_alive_secs: float = 2.0,
                  extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,8 @@ class DaemonProcess:
         self.args = [
             "--socket", str(self.socket_path), "--cache-dir", str(self.cache_dir),
             "--state-dir", str(self.state_dir), "--blob-store-dir", str(self.blob_store_dir),
-            "--uv-pool-size", str(uv_pool_size), "--hot-kernels", str(hot_kernels),
+            "--uv-pool-size", str(uv_pool_size), "--conda-pool-size", str(conda_pool_size),
+            "--hot-kernels", str(hot_kernels),
             "--keep-alive-secs", str(keep_alive_secs),
             "--log-level", "debug", *(extra_args or []),
         ]

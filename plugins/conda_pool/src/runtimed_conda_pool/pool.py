@@ -55,17 +55,7 @@ from runtimed_conda_pool.specs import (
 
 log = logging.getLogger("runtimed.pools.conda")
 
-#: Comma-separated channel names or URLs (``file://`` works); default ``conda-forge``.
-CHANNELS_VAR = "RUNTIMED_CONDA_CHANNELS"
-DEFAULT_CHANNELS = ("conda-forge",)
 POOL_LOCK = "prewarmed.conda-lock.yml"
-
-
-def configured_channels() -> list[str]:
-    """The channels from ``RUNTIMED_CONDA_CHANNELS``, else ``["conda-forge"]``."""
-    value = os.environ.get(CHANNELS_VAR, "")
-    channels = [c.strip() for c in value.split(",") if c.strip()]
-    return channels or list(DEFAULT_CHANNELS)
 
 
 def rattler_cache_root(config: DaemonConfig) -> Path:
@@ -90,8 +80,7 @@ class CondaPool(EnvPool):
     def __init__(self, config: DaemonConfig) -> None:
         super().__init__(config)
         self.envs_dir = Path(config.cache_dir) / "conda-envs"
-        # A core DaemonConfig.conda_channels field wins once it exists; until then the env var.
-        self.channels = list(getattr(config, "conda_channels", None) or configured_channels())
+        self.channels = list(config.conda_channels)
         self.platform = _current_platform()
         self.builder = Builder(
             cache_root=rattler_cache_root(config), platform=self.platform, log=log
@@ -309,7 +298,7 @@ class CondaPool(EnvPool):
             f", the default packages (RUNTIMED_DEFAULT_PACKAGES={','.join(extra)})" if extra else ""
         )
         return (
-            f"Check the conda channels ({CHANNELS_VAR}={','.join(self.channels)}){packages} "
+            f"Check the conda channels (RUNTIMED_CONDA_CHANNELS={','.join(self.channels)}){packages} "
             "and access to them, then flush the pool."
         )
 

@@ -27,6 +27,7 @@ class PythonKernelLauncher(KernelLauncher):
         env = dict(ctx.env)
         prepared = ctx.prepared_env
         if prepared is not None:
+            env.update(prepared.env)
             env["VIRTUAL_ENV"] = str(prepared.prefix)
             env["PATH"] = os.pathsep.join([str(prepared.prefix / "bin"), env.get("PATH", "")])
         # Never let the daemon's own interpreter settings leak into the kernel's.
