@@ -28,6 +28,15 @@ def test_nothing_declared_is_the_prewarmed_pool(tree):
     assert _resolve("auto:conda").env_source == "conda:prewarmed"
 
 
+def test_tool_only_pyproject_is_not_a_project(tree):
+    (tree / "pyproject.toml").write_text("[project]\nname='outer'\n")
+    (tree / "a" / "pyproject.toml").write_text("[tool.ruff]\nline-length = 100\n")
+    r = _resolve(path=tree / "a" / "nb.ipynb")
+    assert r.env_source == "uv:pyproject" and r.project_file == tree / "pyproject.toml"
+    (tree / "a" / "pyproject.toml").write_text("[tool.uv.workspace]\nmembers = []\n")
+    assert _resolve(path=tree / "a" / "nb.ipynb").project_file == tree / "a" / "pyproject.toml"
+
+
 def test_closest_project_file_wins(tree):
     (tree / "pyproject.toml").write_text("[project]\nname='x'\n")
     (tree / "a" / "environment.yml").write_text("dependencies: [python]\n")
@@ -39,8 +48,9 @@ def test_closest_project_file_wins(tree):
 
 
 def test_same_directory_tie_break(tree):
-    for name in ("environment.yaml", "environment.yml", "pixi.toml", "pyproject.toml"):
+    for name in ("environment.yaml", "environment.yml", "pixi.toml"):
         (tree / "a" / name).write_text("")
+    (tree / "a" / "pyproject.toml").write_text("[project]\nname = 'p'\n")
     assert _resolve(path=tree / "a" / "nb.ipynb").env_source == "uv:pyproject"
     (tree / "a" / "pyproject.toml").unlink()
     assert _resolve(path=tree / "a" / "nb.ipynb").env_source == "conda:pixi"
@@ -49,7 +59,7 @@ def test_same_directory_tie_break(tree):
 
 
 def test_walk_stops_at_git_boundary_and_home(tmp_path):
-    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'p'\n")
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     assert find_project_file(repo / "nb.ipynb") is None
@@ -65,7 +75,7 @@ def test_inline_then_pep723_order(tree):
     assert _resolve(cells=["x = 1", PEP723]).env_source == "uv:pep723"
     assert _resolve("auto:conda", cells=[PEP723]).env_source == "conda:prewarmed"
     # a project file beats inline deps
-    (tree / "pyproject.toml").write_text("")
+    (tree / "pyproject.toml").write_text("[project]\nname = 'p'\n")
     assert _resolve(path=tree / "nb.ipynb", metadata=meta).env_source == "uv:pyproject"
 
 

@@ -33,7 +33,7 @@ def test_builtin_plugins_register_through_entry_points():
     launchers = collect_launchers(pm)
     pools = collect_pools(pm)
     assert launchers["python"].__module__ == "runtimed_python_kernel.launcher"
-    assert pools["uv"].sources == ("uv:prewarmed",)
+    assert pools["uv"].sources == ("uv:prewarmed", "uv:inline", "uv:pep723", "uv:pyproject")
     names = {p["name"]: p for p in describe_plugins(pm)}
     assert names["python_kernel"]["distribution"] == "runtimed-python-kernel"
     assert names["uv_pool"]["provides"]["runtimed_env_pools"] == ["runtimed_uv_pool.pool.UvPool"]

@@ -104,18 +104,20 @@ def test_plugin_registers_uv_pool_through_its_entry_point() -> None:
     assert runtimed_env_pools() == [UvPool]
     entry = {ep.name: ep for ep in importlib.metadata.entry_points(group="runtimed")}["uv_pool"]
     assert entry.load().runtimed_env_pools() == [UvPool]
-    assert UvPool.family == "uv" and UvPool.sources == ("uv:prewarmed",)
+    assert UvPool.family == "uv"
+    assert UvPool.sources == ("uv:prewarmed", "uv:inline", "uv:pep723", "uv:pyproject")
 
 
 def test_acquire_refuses_other_sources_and_a_stopped_pool(tmp_path: Path) -> None:
     pool = make_pool(tmp_path)
 
     async def scenario() -> None:
-        with pytest.raises(EnvironmentFailed, match="uv:inline") as excinfo:
-            await pool.acquire(EnvRequest("uv:inline", "nb"), no_progress)
-        assert excinfo.value.env_source == "uv:inline"
-        with pytest.raises(EnvironmentFailed, match="not running"):
-            await pool.acquire(REQUEST, no_progress)
+        with pytest.raises(EnvironmentFailed, match="conda:inline") as excinfo:
+            await pool.acquire(EnvRequest("conda:inline", "nb"), no_progress)
+        assert excinfo.value.env_source == "conda:inline"
+        for source in UvPool.sources:
+            with pytest.raises(EnvironmentFailed, match="not running"):
+                await pool.acquire(EnvRequest(source, "nb"), no_progress)
 
     asyncio.run(scenario())
     assert pool.status() == PoolStatus(available=0, warming=0, target=1)

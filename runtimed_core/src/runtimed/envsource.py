@@ -15,12 +15,18 @@ family's prewarmed pool.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtimed.errors import InvalidRequest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 CONCRETE = (
     "uv:prewarmed", "uv:inline", "uv:pep723", "uv:pyproject",
@@ -58,11 +64,24 @@ def find_project_file(notebook_path: Path | None, family: str | None = None,
             if family and not source.startswith(family + ":"):
                 continue
             candidate = folder / name
-            if candidate.is_file():
+            if candidate.is_file() and (name != "pyproject.toml" or _is_uv_project(candidate)):
                 return candidate, source
         if (folder / ".git").exists() or folder == home:
             return None
     return None
+
+
+def _is_uv_project(pyproject: Path) -> bool:
+    """A pyproject.toml that defines a project (not only tool settings, like ruff's or black's).
+
+    An unreadable or malformed file counts as a project, so the uv pool reports the problem
+    with the file path instead of the walk silently skipping it.
+    """
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except (OSError, ValueError):
+        return True
+    return "project" in data or "dependency-groups" in data or "workspace" in data.get("tool", {}).get("uv", {})
 
 
 def pep723_block(sources: Iterable[str]) -> str | None:

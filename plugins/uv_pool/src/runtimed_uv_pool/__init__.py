@@ -1,9 +1,11 @@
-"""runtimed-uv-pool: a pool of prewarmed uv virtual environments for ``uv:prewarmed`` kernels.
+"""runtimed-uv-pool: the uv env family (``uv:prewarmed``, ``uv:inline``, ``uv:pep723``, ``uv:pyproject``).
 
 The daemon finds this plugin through the ``runtimed`` entry point
 (:mod:`runtimed_uv_pool.hooks`) and drives :class:`UvPool`. Each pool env is a
 relocatable ``uv venv`` with ipykernel, ipywidgets and the user's default
-packages, bytecode-compiled and import-tested before it is handed out.
+packages, bytecode-compiled and import-tested before it is handed out. Inline
+and PEP 723 envs are cached per dependency set (:mod:`runtimed_uv_pool.cache`);
+pyproject projects run in their own uv env (:mod:`runtimed_uv_pool.project`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 @hookimpl
 def runtimed_env_pools() -> list[type[EnvPool]]:
-    """The uv pool, serving ``uv:prewarmed``."""
+    """The uv pool: ``uv:prewarmed``, ``uv:inline``, ``uv:pep723`` and ``uv:pyproject``."""
     from runtimed_uv_pool.pool import UvPool
 
     return [UvPool]

@@ -1,10 +1,18 @@
-"""The uv pool: N ready virtual environments with ipykernel, built ahead of time.
+"""The uv family: prewarmed envs, inline / PEP 723 envs, and pyproject projects.
+
+``uv:prewarmed``: N ready virtual environments with ipykernel, built ahead of
+time. ``uv:inline`` / ``uv:pep723``: an env per dependency set, built once and
+cached (:mod:`runtimed_uv_pool.cache`), preferably from a prewarmed env (uv
+then installs only the missing packages: about 1 s instead of about 5 s from
+nothing). ``uv:pyproject``: the project's own env plus an ipykernel overlay
+(:mod:`runtimed_uv_pool.project`).
 
 Layout under ``config.cache_dir / "envs"``::
 
     uv-prewarmed-<hex>.partial/  an env being built (never handed out; deleted at start)
     uv-prewarmed-<hex>/          a ready env; ``.warmed`` holds JSON {created, python, packages}
                                  (an env handed to a kernel loses its marker: never reused)
+    uv-inline-<key>/, uv-project-<key>/   cached envs, see :mod:`runtimed_uv_pool.cache`
 
 The pool touches nothing else in that directory (other pools share it).
 
@@ -19,18 +27,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from runtimed.config import DaemonConfig
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvPool, EnvRequest, PoolStatus, PreparedEnv, Progress
-from runtimed_uv_pool import uv
+from runtimed_uv_pool import project, specs, uv
+from runtimed_uv_pool.cache import BuildAbandoned, EnvCache
+from runtimed_uv_pool.project import Interpreter
 
 log = logging.getLogger("runtimed.pools.uv")
 
@@ -40,10 +53,21 @@ MARKER = ".warmed"
 #: Packages every pool env gets, before ``config.default_packages``.
 BASE_PACKAGES = ("ipykernel", "ipywidgets")
 WARM_UP = "import ipykernel.kernelapp, ipywidgets"
+INLINE_PREFIX = "uv-inline-"
+PROJECT_PREFIX = "uv-project-"
+#: uv's stderr lines worth showing as progress (the rest is detail).
+_UV_PROGRESS = re.compile(
+    r"^(Resolved|Prepared|Installed|Uninstalled|Audited|Bytecode compiled|Building|Built"
+    r"|Creating virtual environment|Using CPython) "
+)
 
 
 class BuildFailed(Exception):
     """Building one env failed; the message says which step and quotes uv."""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 @dataclass
@@ -57,14 +81,16 @@ class _ReadyEnv:
 
 
 class UvPool(EnvPool):
-    """A pool of prewarmed uv venvs (``uv:prewarmed``); see the module docstring.
+    """The uv env family: the prewarmed pool plus cached inline / PEP 723 / project envs.
+
+    See the module docstring.
 
     Tunables are plain attributes so the daemon (or a test) can change them
     after construction.
     """
 
     family = "uv"
-    sources = ("uv:prewarmed",)
+    sources = ("uv:prewarmed", "uv:inline", "uv:pep723", "uv:pyproject")
 
     #: Longest :meth:`acquire` waits for the warmer, in seconds.
     acquire_timeout: float = 120.0
@@ -77,6 +103,10 @@ class UvPool(EnvPool):
     step_timeout: float = 600.0
     #: Longest pause between retries while builds keep failing and nobody waits.
     max_retry_delay: float = 300.0
+    #: Build inline / PEP 723 envs and project overlays from a ready pool env when
+    #: one is ready (uv then installs only what is missing). Measured on 2 cores
+    #: with a warm uv cache: about 1.2 s instead of about 5 s from nothing.
+    build_from_pool: bool = True
 
     def __init__(self, config: DaemonConfig) -> None:
         super().__init__(config)
@@ -95,6 +125,18 @@ class UvPool(EnvPool):
         self._last_error: str | None = None
         self._retry_at = 0.0
         self._logged_available: int | None = None
+        #: Bumped by flush/stop: a pool env borrowed before is not put back after.
+        self._generation = 0
+        self.cache = EnvCache(
+            self.envs_dir,
+            self._discard,
+            max_age=float(getattr(config, "inline_env_max_age_secs", 86400.0)),
+            max_count=int(getattr(config, "inline_env_max_count", 10)),
+        )
+        self._collector: asyncio.Task[None] | None = None
+        self._collect_wake = asyncio.Event()
+        self._project_locks: dict[Path, asyncio.Lock] = {}
+        self._interpreter_info: Interpreter | None = None
 
     # -- the EnvPool contract -------------------------------------------------
 
@@ -119,6 +161,8 @@ class UvPool(EnvPool):
         # Fresh events: asyncio primitives bind to the loop that first waits on them.
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
+        self._collect_wake = asyncio.Event()
+        self._project_locks.clear()
         self.envs_dir.mkdir(parents=True, exist_ok=True)
         reusable = await self._scan()  # newest first
         for env in reusable[self.target :]:
@@ -126,7 +170,9 @@ class UvPool(EnvPool):
         # Oldest first, like the envs the warmer appends: acquire() takes from the left.
         self._ready.extend(reversed(reusable[: self.target]))
         self._log_available()
+        self.cache.clean_leftovers()
         self._start_warmer()
+        self._collector = asyncio.create_task(self._collect_loop(), name="runtimed-uv-env-gc")
 
     async def stop(self) -> None:
         """Cancel the warmer (killing a running uv), wake waiters, finish deletions.
@@ -134,7 +180,13 @@ class UvPool(EnvPool):
         Ready envs stay on disk for the next :meth:`start`. Safe to call twice.
         """
         self._running = False
+        self._generation += 1
         await self._stop_warmer()
+        await self.cache.cancel_builds()
+        collector, self._collector = self._collector, None
+        if collector is not None:
+            collector.cancel()
+            await asyncio.wait({collector})
         self._notify()
         self._ready.clear()
         self._logged_available = None
@@ -142,12 +194,17 @@ class UvPool(EnvPool):
             await asyncio.gather(*self._deletions)
 
     async def acquire(self, request: EnvRequest, progress: Progress) -> PreparedEnv:
-        """Hand out one ready env (never twice) and start building its replacement.
+        """An environment for one kernel, by ``request.env_source``.
 
-        With none ready, report progress and wait up to :attr:`acquire_timeout`
-        for the warmer (a pool size of 0 builds one for this request). Raises
-        :class:`EnvironmentFailed` for a source this pool does not serve, a
-        stopped pool, repeated build failures (quoting uv), or the timeout.
+        ``uv:prewarmed``: hand out one ready env (never twice) and start building
+        its replacement; with none ready, report progress and wait up to
+        :attr:`acquire_timeout` for the warmer (a pool size of 0 builds one for
+        this request). ``uv:inline`` / ``uv:pep723``: the cached env for the
+        notebook's dependency set, built first if needed. ``uv:pyproject``: the
+        project's env (synced), with ipykernel from a cached overlay if it lacks
+        it. Raises :class:`EnvironmentFailed` for a source this pool does not
+        serve, a stopped pool, a failed build (naming the package and quoting
+        uv), or the timeout.
         """
         if request.env_source not in self.sources:
             raise EnvironmentFailed(
@@ -159,6 +216,10 @@ class UvPool(EnvPool):
                 "The uv pool is not running (the daemon is starting or stopping); try again.",
                 env_source=request.env_source,
             )
+        if request.env_source == "uv:pyproject":
+            return await self._acquire_project(request, progress)
+        if request.env_source in ("uv:inline", "uv:pep723"):
+            return await self._acquire_inline(request, progress)
         env = self._take_ready()
         if env is None:
             progress("preparing_env", "Waiting for the uv pool to warm an environment")
@@ -172,8 +233,23 @@ class UvPool(EnvPool):
         )
 
     async def release(self, env: PreparedEnv) -> None:
-        """The kernel is gone: delete its env directory in the background."""
+        """The kernel is gone: a prewarmed env is deleted, a cached one becomes collectable.
+
+        A project's own env (a project that has ipykernel itself) is left alone.
+        """
         prefix = Path(env.prefix)
+        cached = env.extra.get("cached")
+        if cached:
+            if prefix != self.cache.path(cached):
+                log.warning(
+                    "UV pool: %s is not the cached env %s; ignoring its release", prefix, cached
+                )
+                return
+            self.cache.unhold(cached)
+            self._collect_garbage()
+            return
+        if env.extra.get("project_env"):
+            return
         if prefix.parent != self.envs_dir or not prefix.name.startswith(READY_PREFIX):
             # Never delete a directory the pool did not create.
             log.warning("UV pool: not deleting %s, it is not one of the pool's envs", prefix)
@@ -192,7 +268,14 @@ class UvPool(EnvPool):
         return PoolStatus(available=available, warming=warming, target=self.target)
 
     async def flush(self) -> None:
-        """Delete every ready env, abandon a build in progress, and rebuild to the target."""
+        """Delete every ready env, abandon a build in progress, and rebuild to the target.
+
+        Cached inline / PEP 723 envs and project overlays stay: each is keyed by
+        exactly what it was built from (dependencies, interpreter, base packages),
+        so a flush would only force the same rebuilds; unused ones expire by the
+        cache's age and count limits, and envs in use must stay anyway.
+        """
+        self._generation += 1
         while self._ready:
             self._discard(self._ready.popleft().path)
         self._consecutive_failures = 0
@@ -202,6 +285,424 @@ class UvPool(EnvPool):
         await self._stop_warmer()
         if self._running and self._warmer is None:  # not stopped (or restarted) meanwhile
             self._start_warmer()
+
+    # -- inline and PEP 723 envs -----------------------------------------------
+
+    async def _acquire_inline(self, request: EnvRequest, progress: Progress) -> PreparedEnv:
+        source = request.env_source
+        if source == "uv:inline":
+            spec = specs.inline_spec(request.metadata)
+        else:
+            spec = specs.pep723_spec(request.cell_sources)
+        python = self.config.python
+        if spec.requires_python:
+            interpreter = await self._interpreter(source)
+            if not specs.python_satisfies(interpreter.version, spec.requires_python):
+                raise EnvironmentFailed(
+                    f"{spec.where} asks for requires-python {spec.requires_python!r}, but the "
+                    f"daemon's interpreter is Python {interpreter.version} ({python}); start "
+                    "the daemon with RUNTIMED_PYTHON set to an interpreter that satisfies it.",
+                    env_source=source,
+                )
+        name = INLINE_PREFIX + spec.cache_key(python, self.packages)
+        return await self._cached_env(
+            name,
+            source,
+            progress,
+            reuse_message=f"Reusing the cached environment for {spec.describe()}",
+            build=partial(self._build_inline, spec),
+        )
+
+    async def _build_inline(
+        self, spec: specs.InlineSpec, tmp: Path, progress: Progress
+    ) -> dict[str, Any]:
+        """Fill ``tmp`` with an env for ``spec``: a borrowed pool env plus the extras, or a new one."""
+        source = spec.env_source
+        packages = [*self.packages, *spec.dependencies]
+        generation = self._generation
+        borrowed = self._borrow_ready()
+        count = _plural(len(spec.dependencies), "package")
+        if borrowed is not None:
+            progress(
+                "preparing_env",
+                f"Installing {count} ({spec.describe()}) into a prewarmed environment",
+            )
+        else:
+            progress(
+                "preparing_env",
+                f"Creating an environment with ipykernel, ipywidgets and {count} ({spec.describe()})",
+            )
+        base = await self._base_env(tmp, borrowed, self.config.python, source)
+        argv = [
+            self._uv_bin(source),
+            "pip",
+            "install",
+            "--no-python-downloads",
+            "--python",
+            str(tmp / "bin" / "python"),
+            "--compile-bytecode",
+        ]
+        if spec.prerelease:
+            argv += ["--prerelease", spec.prerelease]
+        lines: list[str] = []
+        try:
+            try:
+                await self._uv_with_progress([*argv, *packages], progress, lines)
+            except uv.CommandFailed as exc:
+                if base is not None:
+                    self._give_back(base, tmp, generation, lines)
+                culprits = specs.named_in(spec.dependencies, exc.stderr) or list(spec.dependencies)
+                raise EnvironmentFailed(
+                    f"Could not install {', '.join(culprits) or 'the environment'} for {source} "
+                    f"(from {spec.where}): {_uv_error(exc)}\n"
+                    f"Fix the dependencies in {spec.where} and start the kernel again.",
+                    env_source=source,
+                ) from None
+            if base is None or _replaced_any(lines):
+                await self._warm_up(tmp, source, progress)
+        finally:
+            if base is not None:
+                self._wake.set()  # the pool replaces the env this one was made from
+        return {
+            "kind": "inline",
+            "env_source": source,
+            "dependencies": list(spec.dependencies),
+            "requires_python": spec.requires_python,
+            "prerelease": spec.prerelease,
+            "python": self.config.python,
+            "packages": packages,
+            "built_from": "prewarmed" if base is not None else "scratch",
+        }
+
+    # -- pyproject projects ---------------------------------------------------
+
+    async def _acquire_project(self, request: EnvRequest, progress: Progress) -> PreparedEnv:
+        source = request.env_source
+        if request.project_file is None:
+            where = (
+                f" above {request.notebook_path}"
+                if request.notebook_path
+                else " (start_kernel was given no notebook_path)"
+            )
+            raise EnvironmentFailed(
+                "env_source 'uv:pyproject' needs a pyproject.toml in the notebook's directory "
+                f"or above it; there is none{where}.",
+                env_source=source,
+            )
+        project_file = Path(request.project_file).resolve()
+        data = specs.read_pyproject(project_file)
+        if not specs.is_uv_project(data):
+            raise EnvironmentFailed(
+                f"{project_file} has no [project] table, so it is not a project uv can run "
+                "(it only holds tool settings). Add a [project] table with the notebook's "
+                "dependencies, or start the kernel with another env_source "
+                "(uv:inline, uv:prewarmed).",
+                env_source=source,
+            )
+        lock = self._project_locks.setdefault(project_file.parent, asyncio.Lock())
+        async with lock:  # one `uv sync` per project at a time
+            env = await self._sync_project(project_file, data, progress)
+        if env.has_ipykernel:
+            progress(
+                "preparing_env", f"Using the project environment {env.prefix} (it has ipykernel)"
+            )
+            return PreparedEnv(
+                env_source=source,
+                prefix=env.prefix,
+                python=[str(env.executable)],
+                extra={"project_env": True, "project_file": str(project_file)},
+            )
+        name = PROJECT_PREFIX + specs.digest(project.overlay_identity(env, self.packages))
+        return await self._cached_env(
+            name,
+            source,
+            progress,
+            reuse_message=f"Reusing the ipykernel overlay for the project environment {env.prefix}",
+            build=partial(self._build_overlay, env, project_file),
+            extra={"project_file": str(project_file), "project_env_prefix": str(env.prefix)},
+        )
+
+    async def _sync_project(
+        self, project_file: Path, data: dict[str, Any], progress: Progress
+    ) -> Interpreter:
+        """``uv sync`` the project and return where its env's interpreter lives."""
+        source = "uv:pyproject"
+        uv_bin = self._uv_bin(source)
+        interpreter = await self._interpreter(source)
+        env = uv.subprocess_env(for_python=True)
+        env.pop("VIRTUAL_ENV", None)  # a daemon started inside some venv must not confuse uv
+        argv = project.sync_argv(
+            uv_bin,
+            project_file,
+            data,
+            python=self.config.python,
+            python_version=interpreter.version,
+            env=env,
+        )
+        progress("preparing_env", f"Syncing the project environment of {project_file.parent}")
+        try:
+            await self._uv_with_progress(argv, progress, [], cwd=project_file.parent, env=env)
+        except uv.CommandFailed as exc:
+            raise EnvironmentFailed(
+                f"uv could not set up the environment of the project {project_file}: "
+                f"{_uv_error(exc)}",
+                env_source=source,
+            ) from None
+        try:
+            out = await uv.output(
+                project.probe_argv(uv_bin, project_file),
+                cwd=project_file.parent,
+                env=env,
+                timeout=60,
+            )
+            return Interpreter.from_probe(out)
+        except (uv.CommandFailed, ValueError, KeyError, IndexError) as exc:
+            raise EnvironmentFailed(
+                f"The environment of the project {project_file} was synced, but its python "
+                f"does not run: {exc}",
+                env_source=source,
+            ) from None
+
+    async def _build_overlay(
+        self, env: Interpreter, project_file: Path, tmp: Path, progress: Progress
+    ) -> dict[str, Any]:
+        """Fill ``tmp`` with an ipykernel overlay whose ``.pth`` layers the project env below it."""
+        source = "uv:pyproject"
+        interpreter = await self._interpreter(source)
+        borrowed = self._borrow_ready() if env.same_base(interpreter) else None
+        if borrowed is not None:
+            progress(
+                "preparing_env",
+                "Adding ipykernel to the project environment (from a prewarmed environment)",
+            )
+        else:
+            progress(
+                "preparing_env",
+                f"Creating an ipykernel overlay for the project environment (Python {env.version})",
+            )
+        base = await self._base_env(tmp, borrowed, str(env.executable), source)
+        if base is not None:
+            self._wake.set()  # the pool replaces the env this one is made from
+        else:
+            argv = [
+                self._uv_bin(source),
+                "pip",
+                "install",
+                "--no-python-downloads",
+                "--python",
+                str(tmp / "bin" / "python"),
+                "--compile-bytecode",
+                *self.packages,
+            ]
+            try:
+                await self._uv_with_progress(argv, progress, [])
+            except uv.CommandFailed as exc:
+                raise EnvironmentFailed(
+                    f"Could not install ipykernel next to the project {project_file}: "
+                    f"{_uv_error(exc)}",
+                    env_source=source,
+                ) from None
+        site = sorted(tmp.glob("lib/python*/site-packages"))
+        if len(site) != 1:
+            raise EnvironmentFailed(
+                f"The overlay for {project_file} has no single site-packages directory: {site}",
+                env_source=source,
+            )
+        (site[0] / project.PTH_NAME).write_text(project.overlay_pth(env))
+        if base is None:
+            await self._warm_up(tmp, source, progress)
+        return {
+            "kind": "project-overlay",
+            "project_file": str(project_file),
+            "project_env": str(env.prefix),
+            "python": env.version,
+            "packages": self.packages,
+            "built_from": "prewarmed" if base is not None else "scratch",
+        }
+
+    # -- shared by the cached kinds -----------------------------------------------
+
+    async def _cached_env(
+        self,
+        name: str,
+        env_source: str,
+        progress: Progress,
+        *,
+        reuse_message: str,
+        build: Callable[[Path, Progress], Any],
+        extra: dict[str, Any] | None = None,
+    ) -> PreparedEnv:
+        """The cached env ``name``, built first (once, whoever else asks meanwhile) if missing."""
+        self.cache.hold(name)  # before any await: the collector must not take it from here on
+        try:
+            path = self.cache.ready(name)
+            if path is not None:
+                progress("preparing_env", reuse_message)
+            else:
+                try:
+                    path = await self.cache.build_once(name, progress, build)
+                except BuildAbandoned:
+                    raise EnvironmentFailed(
+                        "The uv pool stopped while building the environment; try again.",
+                        env_source=env_source,
+                    ) from None
+        except BaseException:
+            self.cache.unhold(name)
+            raise
+        self.cache.touch(name)
+        self._collect_garbage()
+        return PreparedEnv(
+            env_source=env_source,
+            prefix=path,
+            python=[str(path / "bin" / "python")],
+            extra={"cached": name, **(extra or {})},
+        )
+
+    def _borrow_ready(self) -> _ReadyEnv | None:
+        """A ready pool env to build on (its replacement is started once the build succeeds)."""
+        if not self.build_from_pool:
+            return None
+        return self._take_ready()
+
+    async def _base_env(
+        self, tmp: Path, borrowed: _ReadyEnv | None, python: str, env_source: str
+    ) -> _ReadyEnv | None:
+        """Move ``borrowed`` to ``tmp``, or create a new venv there; return the env used, if any."""
+        if borrowed is not None:
+            try:
+                borrowed.path.rename(tmp)  # relocatable: it works from its new path
+                return borrowed
+            except OSError:
+                log.warning("UV pool: could not take over %s", borrowed.path, exc_info=True)
+                self._discard(borrowed.path)
+                self._wake.set()
+        argv = [
+            self._uv_bin(env_source),
+            "venv",
+            "--quiet",
+            "--relocatable",
+            "--no-python-downloads",
+            "--python",
+            python,
+            str(tmp),
+        ]
+        try:
+            await uv.run(
+                argv, cwd=self.envs_dir, env=uv.subprocess_env(), timeout=self.step_timeout
+            )
+        except uv.CommandFailed as exc:
+            raise EnvironmentFailed(
+                f"Could not create a virtual environment with {python}: {_uv_error(exc)}",
+                env_source=env_source,
+            ) from None
+        return None
+
+    def _give_back(self, env: _ReadyEnv, tmp: Path, generation: int, lines: list[str]) -> None:
+        """A build from ``env`` failed: return it to the pool if uv left it untouched."""
+        reusable = (
+            self._running and generation == self._generation and not _changed_installed(lines)
+        )
+        if reusable:
+            try:
+                marker = {
+                    "created": env.created,
+                    "python": self.config.python,
+                    "packages": self.packages,
+                }
+                (tmp / MARKER).write_text(json.dumps(marker))
+                tmp.rename(env.path)
+            except OSError:
+                log.warning("UV pool: could not return %s to the pool", env.path, exc_info=True)
+            else:
+                self._ready.appendleft(env)
+                self._log_available()
+                self._notify()
+                return
+        self._discard(tmp)
+        self._wake.set()
+
+    async def _uv_with_progress(
+        self,
+        argv: list[str],
+        progress: Progress,
+        lines: list[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Run a uv command, forwarding its summary lines as progress and keeping all in ``lines``."""
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            text = line.strip()
+            if _UV_PROGRESS.match(text):
+                progress("preparing_env", text)
+
+        await uv.run(
+            argv,
+            cwd=cwd or self.envs_dir,
+            env=env if env is not None else uv.subprocess_env(),
+            timeout=self.step_timeout,
+            on_line=on_line,
+        )
+
+    async def _warm_up(self, tmp: Path, env_source: str, progress: Progress) -> None:
+        progress("preparing_env", "Checking that ipykernel imports")
+        try:
+            await uv.run(
+                [str(tmp / "bin" / "python"), "-c", WARM_UP],
+                cwd=self.envs_dir,
+                env=uv.subprocess_env(for_python=True),
+                timeout=self.step_timeout,
+            )
+        except uv.CommandFailed as exc:
+            raise EnvironmentFailed(
+                f"The {env_source} environment was built, but ipykernel does not import in it "
+                f"(a dependency may conflict with it): {_uv_error(exc)}",
+                env_source=env_source,
+            ) from None
+
+    def _uv_bin(self, env_source: str) -> str:
+        try:
+            return uv.find_uv()
+        except uv.CommandFailed as exc:
+            raise EnvironmentFailed(exc.tail(), env_source=env_source) from None
+
+    async def _interpreter(self, env_source: str) -> Interpreter:
+        """What ``config.python`` is (version, base prefix); asked once."""
+        if self._interpreter_info is None:
+            try:
+                out = await uv.output(
+                    [self.config.python, "-c", project.PROBE],
+                    env=uv.subprocess_env(for_python=True),
+                    timeout=60,
+                )
+                self._interpreter_info = Interpreter.from_probe(out)
+            except (uv.CommandFailed, ValueError, KeyError, IndexError) as exc:
+                raise EnvironmentFailed(
+                    f"The daemon's interpreter {self.config.python} does not run: {exc}",
+                    env_source=env_source,
+                ) from None
+        return self._interpreter_info
+
+    # -- garbage collection of cached envs --------------------------------------
+
+    def _collect_garbage(self) -> None:
+        """Collect now, and let the collector recompute when the next env expires."""
+        self.cache.collect()
+        self._collect_wake.set()
+
+    async def _collect_loop(self) -> None:
+        """Delete cached envs as they expire (acquire and release collect as well)."""
+        while True:
+            self._collect_wake.clear()
+            try:
+                self.cache.collect()
+                wait = self.cache.next_expiry()
+            except Exception:  # a bug: keep the daemon up, try again later
+                log.exception("UV pool: collecting cached environments failed")
+                wait = 3600.0
+            await _wait_event(self._collect_wake, None if wait is None else wait + 1.0)
 
     # -- handing envs out -----------------------------------------------------
 
@@ -408,7 +909,7 @@ class UvPool(EnvPool):
                 timeout=self.step_timeout,
             )
         except uv.CommandFailed as exc:
-            raise BuildFailed(f"{what} failed: {exc.summary()}") from exc
+            raise BuildFailed(f"{what} failed: {_uv_error(exc)}") from exc
 
     # -- disk -----------------------------------------------------------------
 
@@ -485,6 +986,26 @@ class UvPool(EnvPool):
         if available != self._logged_available:
             self._logged_available = available
             log.info("UV pool: %d/%d available", available, self.target)
+
+
+def _changed_installed(lines: list[str]) -> bool:
+    """Whether uv's output says it installed or removed anything (the env is no longer as it was)."""
+    return any(line.strip().startswith(("Installed ", "Uninstalled ")) for line in lines)
+
+
+def _replaced_any(lines: list[str]) -> bool:
+    """Whether uv removed or replaced a package (so ipykernel's own dependencies may have moved)."""
+    return any(line.strip().startswith("Uninstalled ") for line in lines)
+
+
+def _uv_error(exc: uv.CommandFailed) -> str:
+    """uv's failure, without its ``Using Python ... environment at: <temp dir>`` preamble."""
+    kept = [
+        line
+        for line in exc.summary().splitlines()
+        if not re.match(r"Using (C?Python|Python) \S+ (environment|interpreter) at", line)
+    ]
+    return "\n".join(kept)
 
 
 async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("runtimed.pools.uv")
 
 #: Variables that would make an environment's interpreter import something else.
 _LEAKY_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
@@ -83,12 +86,40 @@ async def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> str:
     """Run ``argv`` to completion and return its stderr (uv logs there).
 
-    Raises :class:`CommandFailed` on a non-zero exit, a timeout, or a missing
-    executable. Cancelling the caller kills the command's process group.
+    ``on_line`` is called with each line of stderr as it arrives (uv reports
+    ``Resolved N packages``, ``Installed N packages``... there); its exceptions
+    are logged, never raised. Raises :class:`CommandFailed` on a non-zero exit,
+    a timeout, or a missing executable. Cancelling the caller kills the
+    command's process group.
     """
+    _, stderr = await _run(argv, cwd=cwd, env=env, timeout=timeout, on_line=on_line)
+    return stderr
+
+
+async def output(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Like :func:`run`, but return the command's stdout."""
+    stdout, _ = await _run(argv, cwd=cwd, env=env, timeout=timeout, on_line=None)
+    return stdout
+
+
+async def _run(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None,
+    env: Mapping[str, str] | None,
+    timeout: float | None,
+    on_line: Callable[[str], None] | None,
+) -> tuple[str, str]:
     spawn = asyncio.ensure_future(
         asyncio.create_subprocess_exec(
             *argv,
@@ -114,7 +145,7 @@ async def run(
         raise CommandFailed(argv, 127, str(exc)) from exc
     # asyncio.wait, not wait_for: on Python 3.10/3.11 wait_for can swallow a
     # cancellation that arrives as the command finishes.
-    communicate = asyncio.ensure_future(proc.communicate())
+    communicate = asyncio.ensure_future(_communicate(proc, on_line))
     try:
         done, _ = await asyncio.wait({communicate}, timeout=timeout)
     except BaseException:
@@ -123,12 +154,49 @@ async def run(
     if not done:
         await _kill(proc, communicate)
         raise CommandFailed(argv, None, f"no result after {timeout} s")
-    stdout, stderr = communicate.result()
-    text = stderr.decode(errors="replace")
+    stdout_bytes, stderr_bytes = communicate.result()
+    stdout = stdout_bytes.decode(errors="replace")
+    stderr = stderr_bytes.decode(errors="replace")
     if proc.returncode != 0:
-        out = stdout.decode(errors="replace")
-        raise CommandFailed(argv, proc.returncode, "\n".join(s for s in (out, text) if s.strip()))
-    return text
+        raise CommandFailed(
+            argv, proc.returncode, "\n".join(s for s in (stdout, stderr) if s.strip())
+        )
+    return stdout, stderr
+
+
+async def _communicate(
+    proc: asyncio.subprocess.Process, on_line: Callable[[str], None] | None
+) -> tuple[bytes, bytes]:
+    """``proc.communicate()``, calling ``on_line`` for every stderr line on the way."""
+    if on_line is None:
+        return await proc.communicate()
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_pipe = proc.stderr
+
+    async def read_stderr() -> bytes:
+        # Chunks, not readline(): a very long line must not hit StreamReader's limit.
+        received = bytearray()
+        pending = b""
+        while chunk := await stderr_pipe.read(65536):
+            received += chunk
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                _emit(on_line, line)
+        if pending:
+            _emit(on_line, pending)
+        return bytes(received)
+
+    stdout, stderr = await asyncio.gather(proc.stdout.read(), read_stderr())
+    await proc.wait()
+    return stdout, stderr
+
+
+def _emit(on_line: Callable[[str], None], line: bytes) -> None:
+    text = line.decode(errors="replace").rstrip("\r")
+    try:
+        on_line(text)
+    except Exception:
+        log.exception("uv output callback failed on %r", text)
 
 
 async def _kill(proc: asyncio.subprocess.Process, communicate: asyncio.Future[Any]) -> None:
