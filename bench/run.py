@@ -316,13 +316,14 @@ class Bench:
             self.daemons.remove(daemon)
 
     def wait_pool(self, daemon: Any, available: int, timeout: float = 300.0) -> None:
-        """Until the uv pool holds ``available`` envs and builds nothing (refills finished)."""
+        """Until the uv pool holds ``available`` envs, builds nothing, and the hot kernels are back."""
         deadline = time.monotonic() + timeout
         client = daemon.client()
         while True:
             status = client.status()
             warming = any(v for k, v in status.items() if k.endswith("_warming") and isinstance(v, int))
-            if status.get("uv_available", 0) >= available and not warming:
+            hot_ready = status.get("hot_available", 0) >= self.args.hot_kernels
+            if status.get("uv_available", 0) >= available and not warming and hot_ready:
                 return
             if time.monotonic() > deadline:
                 raise BenchTimeout(f"uv pool did not reach {available} within {timeout:g} s: {status}")

@@ -85,9 +85,14 @@ def _print(data: Any, as_json: bool, render) -> None:  # noqa: ANN001
 
 def _status(args: argparse.Namespace) -> int:
     stats = _client(args).status()
-    families = sorted({k.rsplit("_", 1)[0] for k in stats})
-    _print(stats, args.json, lambda s: "\n".join(
-        f"{f}: {s.get(f + '_available', 0)} available, {s.get(f + '_warming', 0)} warming" for f in families))
+    families = sorted({k.rsplit("_", 1)[0] for k in stats if k.endswith("_warming")})
+
+    def render(s: dict[str, int]) -> str:
+        lines = [f"{f}: {s.get(f + '_available', 0)} available, {s.get(f + '_warming', 0)} warming"
+                 for f in families]
+        return "\n".join([*lines, f"hot kernels: {s.get('hot_available', 0)} ready"])
+
+    _print(stats, args.json, render)
     return 0
 
 

@@ -364,7 +364,8 @@ class AsyncDaemonClient:
         return daemon_lock_held(self.socket_path)
 
     async def status(self) -> dict[str, int]:
-        """Pool counts: ``uv_available``, ``uv_warming``, ``conda_available``, ``conda_warming``."""
+        """Pool counts: ``uv_available``, ``uv_warming``, ``conda_available``, ``conda_warming``
+        (always present), and ``hot_available`` (idle hot kernels)."""
         return await pool_request(self.socket_path, "status")
 
     async def list_rooms(self) -> list[dict[str, Any]]:

@@ -197,6 +197,7 @@ class Daemon:
             st = pool.status()
             counts[f"{family}_available"] = st.available
             counts[f"{family}_warming"] = st.warming
+        counts["hot_available"] = self.hot.available
         return counts
 
     def list_rooms(self) -> list[dict[str, Any]]:
