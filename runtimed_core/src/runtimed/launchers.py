@@ -43,6 +43,9 @@ class KernelLauncher(ABC):
     needs_env: ClassVar[bool] = True
     #: ``"signal"`` sends SIGINT to the process; ``"message"`` sends an interrupt_request.
     interrupt_mode: ClassVar[Literal["signal", "message"]] = "signal"
+    #: Seconds to keep collecting a cell's outputs after its reply and idle status, for
+    #: kernels that publish late (Deno does, by a few milliseconds). 0 for well-behaved ones.
+    output_grace: ClassVar[float] = 0.0
     #: The kernelspec written into notebook metadata when none is set.
     kernelspec: ClassVar[dict[str, str]] = {}
 

@@ -219,15 +219,18 @@ class AsyncSession:
         await self._wait_heads(self.doc, result.get("notebook_heads", []), CONNECT_TIMEOUT)
 
     async def interrupt(self) -> None:
-        """Interrupt the running cell and cancel the queued ones."""
-        await self._request("interrupt")
+        """Interrupt the running cell and cancel the queued ones; returns once the cell ended.
+
+        Raises :class:`KernelError` if the kernel could not stop it (``restart_kernel`` can).
+        """
+        await self._sync_state(await self._request("interrupt"))
 
     async def shutdown_kernel(self) -> None:
-        await self._request("shutdown_kernel")
+        await self._sync_state(await self._request("shutdown_kernel"))
 
     async def restart_kernel(self) -> None:
         """Replace the kernel process; queued and running cells fail as restarted."""
-        await self._request("restart_kernel")
+        await self._sync_state(await self._request("restart_kernel"))
 
     # cells -------------------------------------------------------------------------------------------------
     async def create_cell(self, source: str = "", cell_type: str = "code", index: int | None = None) -> str:

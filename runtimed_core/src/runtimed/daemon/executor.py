@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtimed.daemon.kernel import KernelProcess
 from runtimed.document import notebook
-from runtimed.errors import KernelDied
+from runtimed.errors import KernelDied, KernelError
 from runtimed.launchers import KernelLauncher, LaunchContext
 from runtimed.pools import EnvPool, PreparedEnv
 from runtimed.sinks import ExecutionContext
@@ -35,6 +35,8 @@ OUTPUT_MSG_TYPES = frozenset(
 #: How long progress (queued, running, outputs) may wait to be synced: a short execution
 #: reaches peers as one message, a chatty one as a few per display frame.
 PROGRESS_DELAY = 0.004
+#: How long an interrupted cell may take to end before interrupt() reports it could not.
+INTERRUPT_GRACE = 5.0
 #: Finished executions kept in the runtime-state document per room (older ones are dropped).
 KEEP_FINISHED = 64
 
@@ -195,9 +197,26 @@ class KernelRunner:
         return cancelled
 
     async def interrupt(self) -> None:
+        """Cancel the queue and interrupt the running cell; return once that cell has ended.
+
+        Raises :class:`KernelError` if the kernel does not stop the cell within
+        ``INTERRUPT_GRACE`` (e.g. Deno waiting on a promise): ``restart`` recovers.
+        """
         self.interrupt_queue()
-        if self.process is not None:
-            await self.process.interrupt()
+        running = self.running
+        if self.process is None:
+            return
+        await self.process.interrupt()
+        if running is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running.done), INTERRUPT_GRACE)
+        if not running.done.done():
+            raise KernelError(
+                f"The {self.kernel_type} kernel did not stop cell {running.cell_id} within "
+                f"{INTERRUPT_GRACE:g} s of the interrupt: it may be waiting on something it cannot "
+                "interrupt (in Deno, a pending await). restart_kernel() stops it.",
+                cell_id=running.cell_id, notebook_id=self.room.notebook_id)
 
     def _fail_all(self, reason: str, failure: str) -> None:
         pending = ([self.running] if self.running else []) + list(self.queue)
@@ -291,6 +310,9 @@ class KernelRunner:
                     await both
                 await ex.done
                 return
+            grace = self.launcher.output_grace
+            if grace > 0:  # a kernel that publishes outputs after idle: keep routing them a moment
+                await asyncio.wait({process.exited}, timeout=grace)
             content = reply.result()["content"]
             msg_id = reply.result()["parent_header"].get("msg_id")
         finally:

@@ -336,15 +336,14 @@ class Connection:
         if kind == "interrupt":
             runner = await room.running_kernel(auto_start=False)
             await runner.interrupt()
-            return None
+            return _heads(room)
         if kind == "restart_kernel":
             runner = await room.running_kernel(auto_start=False)
             await runner.restart()
-            room.flush()
-            return None
+            return _heads(room)
         if kind == "shutdown_kernel":
             await room.shutdown_kernel()
-            return None
+            return _heads(room)
         if kind == "ping":
             return {"pong": True}
         raise ProtocolError(f"Unknown request {kind!r}")
