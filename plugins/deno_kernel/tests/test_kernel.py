@@ -129,10 +129,11 @@ def test_thrown_error_is_an_error_output(deno_daemon: DaemonProcess):
         assert err.traceback and any("RangeError: negative: -1" in line for line in err.traceback)
         assert any("check" in line for line in err.traceback)  # the stack names the function
         assert not any(ANSI_ESCAPE in line for line in err.traceback)
-        # a syntax error fails the cell (Deno 2.9 publishes no error output for it), and the
-        # kernel keeps going
+        # a syntax error fails the cell; Deno 2.9 publishes no error output for it, so the
+        # daemon makes one from the reply. The kernel keeps going.
         bad = s.run("const = 1")
         assert not bad.success and bad.stdout == ""
+        assert bad.error is not None and bad.error.ename
         assert s.run("console.log('still here')").stdout == "still here\n"
 
 
@@ -300,3 +301,4 @@ def test_no_usable_deno_fails_the_start_clearly(deno_daemon_factory, tmp_path):
         assert "1.46.3" in str(info.value)
         status = s.kernel_status()
         assert status["lifecycle"] == "error" and "Install Deno" in status["error"]
+

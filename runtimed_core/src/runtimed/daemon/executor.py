@@ -277,8 +277,12 @@ class KernelRunner:
         idle: asyncio.Future[None] = loop.create_future()
         ctx = ex.ctx
 
+        saw_error = False
+
         def on_iopub(msg_type: str, msg: dict[str, Any]) -> None:
+            nonlocal saw_error
             content = msg["content"]
+            saw_error = saw_error or msg_type == "error"
             if msg_type in OUTPUT_MSG_TYPES:
                 for sink in sinks:
                     sink.on_output(ctx, msg_type, content)
@@ -324,6 +328,12 @@ class KernelRunner:
             ex.execution_count = content.get("execution_count")
         ok = content.get("status") == "ok"
         error = None if ok else _reply_error(content)
+        if not ok and not saw_error and content.get("status") == "error":
+            # some kernels (Deno on a syntax error) fail a cell without an error output
+            for sink in sinks:
+                sink.on_output(ctx, "error", {"ename": content.get("ename", "Error"),
+                                              "evalue": content.get("evalue", ""),
+                                              "traceback": content.get("traceback", [])})
         if not ok:  # stop on error: what was queued behind this cell will not run
             for queued in list(self.queue):
                 self._finish(queued, status="error", failure="cancelled",
