@@ -106,6 +106,7 @@ class AsyncSession:
         self._channel = channel
         try:
             hello = await asyncio.wait_for(asyncio.shield(welcome), CONNECT_TIMEOUT)
+            self._reply_scheduled = True  # start the sync (our edits made while offline included)
             self._send_sync()
             await self._wait_heads(self.doc, hello["notebook_heads"], CONNECT_TIMEOUT)
             await self._wait_heads(self.state, hello["state_heads"], CONNECT_TIMEOUT)
@@ -158,11 +159,7 @@ class AsyncSession:
             reason = self._channel.close_reason if self._channel else None
             welcome.set_exception(reason or DaemonUnavailable("The daemon closed the connection"))
 
-    def _send_sync(self) -> None:
-        self._reply_scheduled = False
-        channel = self._channel
-        if channel is None or not channel.connected:
-            return
+    def _sync_frames(self) -> list[bytes]:
         frames = []
         msg = self.doc.generate(self._doc_sync)
         if msg is not None:
@@ -170,6 +167,17 @@ class AsyncSession:
         msg = self.state.generate(self._state_sync)
         if msg is not None:
             frames.append(typed(STATE_SYNC, msg))
+        return frames
+
+    def _send_sync(self) -> None:
+        """Send the daemon whatever sync messages are due (edits, replies), in one write."""
+        if not self._reply_scheduled:
+            return  # already sent together with a request
+        self._reply_scheduled = False
+        channel = self._channel
+        if channel is None or not channel.connected:
+            return
+        frames = self._sync_frames()
         if frames:
             channel.send(*frames)
 
@@ -185,13 +193,18 @@ class AsyncSession:
             await asyncio.wait_for(asyncio.shield(self._moved), max(deadline - loop.time(), 0))
 
     async def _request(self, kind: str, **fields: Any) -> Any:
+        """A request on the notebook connection, sent in one write with any pending edits."""
         channel = await self._ensure()
-        self._send_sync()
-        return await channel.request(kind, required_heads=_hex(self.doc.heads), **fields)
+        self._reply_scheduled = False
+        return await channel.request(kind, required_heads=_hex(self.doc.heads),
+                                     _before=self._sync_frames(), **fields)
 
     def _edited(self) -> None:
-        """A local edit: send it now if connected (it also reaches the daemon on reconnect)."""
-        self._send_sync()
+        """A local edit: sent at the end of this loop iteration (with a request, if one follows;
+        edits made while disconnected reach the daemon on reconnect)."""
+        if not self._reply_scheduled:
+            self._reply_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_sync)
 
     # kernel ------------------------------------------------------------------------------------------
     async def start_kernel(self, kernel_type: str = "python", env_source: str = "auto",

@@ -108,16 +108,18 @@ class Channel:
         assert self.proto is not None
         self.proto.send(*payloads)
 
-    def request_nowait(self, kind: str, **fields: Any) -> asyncio.Future[Any]:
+    def request_nowait(self, kind: str, _before: list[bytes] | None = None, **fields: Any
+                       ) -> asyncio.Future[Any]:
+        """Send a request (after the frames in ``_before``, in the same write); its future."""
         req_id = next(_ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         body = dumps({"id": req_id, "type": kind, **fields})
-        self.send(typed(1, body) if self.typed_frames else body)
+        self.send(*(_before or ()), typed(1, body) if self.typed_frames else body)
         self._pending[req_id] = fut
         return fut
 
-    async def request(self, kind: str, **fields: Any) -> Any:
-        fut = self.request_nowait(kind, **fields)
+    async def request(self, kind: str, _before: list[bytes] | None = None, **fields: Any) -> Any:
+        fut = self.request_nowait(kind, _before, **fields)
         try:
             return await fut
         finally:

@@ -78,6 +78,7 @@ class Room:
         self._flush_due = 0.0
         #: Callbacks run once at the start of the next flush (batched document writes).
         self.before_flush: list[Callable[[], None]] = []
+        self._doc_dirty = False
         self._doc_moved: asyncio.Future[None] | None = None
         self._evict_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -112,7 +113,7 @@ class Room:
         except Exception as exc:
             raise ProtocolError(f"Malformed notebook sync message: {exc}") from None
         if changed:
-            self.store.record(self.doc)
+            self._doc_dirty = True
             if self._doc_moved is not None and not self._doc_moved.done():
                 self._doc_moved.set_result(None)
         self.schedule_flush()
@@ -126,7 +127,7 @@ class Room:
 
     def doc_changed_locally(self, delay: float = 0.0) -> None:
         """The daemon edited the notebook document itself."""
-        self.store.record(self.doc)
+        self._doc_dirty = True
         self.schedule_flush(delay)
 
     def schedule_flush(self, delay: float = 0.0) -> None:
@@ -149,6 +150,9 @@ class Room:
         pending, self.before_flush = self.before_flush, []
         for write in pending:
             write()
+        if self._doc_dirty:  # persisted before any peer (or response) can acknowledge it
+            self._doc_dirty = False
+            self.store.record(self.doc)
         for peer in list(self.peers):
             if peer.proto.closed:
                 continue
