@@ -180,8 +180,7 @@ class KernelRunner:
         )
         ex.ctx = ExecutionContext(room.notebook_id, ex.id, cell_id, room)
         room.writer.add_execution(ex.id, cell_id, source)
-        notebook.set_execution(room.doc, cell_id, execution_id=ex.id)
-        room.doc_changed_locally(PROGRESS_DELAY)
+        room.schedule_flush(PROGRESS_DELAY)
         self.queue.append(ex)
         self._active[cell_id] = ex
         self._wake.set()
@@ -243,9 +242,9 @@ class KernelRunner:
             ex.id, kernel, status=status, success=ex.success, error=error, failure=failure,
             execution_count=ex.execution_count,
         )
-        if ex.execution_count is not None:
-            notebook.set_execution(room.doc, ex.cell_id, execution_count=ex.execution_count)
-            room.doc_changed_locally()
+        # one notebook change per run: the cell points at its latest execution and its count
+        notebook.set_execution(room.doc, ex.cell_id, execution_id=ex.id, execution_count=ex.execution_count)
+        room.doc_changed_locally()
         for sink in room.daemon.sinks:
             sink.on_execution_finished(ex.ctx, ex.success)
         ex.done.set_result(None)
