@@ -11,6 +11,7 @@ Every replica starts from the same deterministic skeleton (:func:`new_replica`).
 
 from __future__ import annotations
 
+import bisect
 import json
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 from fractional_indexing import generate_key_between
 
 from runtimed.document.replica import (
-    ROOT, Int, Map, Null, Replica, Str, Text, put_json, splice_to,
+    ROOT, Int, Map, Replica, Str, Text, put_json, splice_to,
 )
 from runtimed.errors import CellNotFound, InvalidRequest
 
@@ -145,12 +146,11 @@ def add_cell(
         text = tx.put_object(cell, "source", Text)
         if source:
             tx.splice_text(text, 0, 0, source)
-        tx.put(cell, "execution_count", Null, None)
-        tx.put(cell, "execution_id", Null, None)
-        tx.put_object(cell, "metadata", Map)
+        tx.put_object(cell, "metadata", Map)  # execution_count/execution_id: absent until run
     _, _, positions = replica.cache["cell_order"]
     positions = {**positions, cell_id: position}
-    new_order = [cid for _, cid in sorted((positions[c], c) for c in (*order, cell_id))]
+    new_order = list(order)
+    bisect.insort(new_order, cell_id, key=lambda c: (positions[c], c))
     replica.cache["cell_order"] = (replica.version, new_order, positions)  # no re-read needed
     return cell_id
 
