@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from runtimed import procs
 from runtimed.config import DaemonConfig
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvRequest, PoolStatus, PreparedEnv, no_progress
-from runtimed_uv_pool import UvPool, uv
+from runtimed_uv_pool import UvPool
 from runtimed_uv_pool.hooks import runtimed_env_pools
 
 REQUEST = EnvRequest(env_source="uv:prewarmed", notebook_id="nb-1")
@@ -125,8 +126,8 @@ def test_acquire_refuses_other_sources_and_a_stopped_pool(tmp_path: Path) -> Non
 
 def test_run_reports_a_failing_command_with_its_stderr() -> None:
     code = "import sys; print('step one'); sys.exit('error: the reason it failed')"
-    with pytest.raises(uv.CommandFailed) as excinfo:
-        asyncio.run(uv.run([sys.executable, "-c", code]))
+    with pytest.raises(procs.CommandFailed) as excinfo:
+        asyncio.run(procs.run([sys.executable, "-c", code]))
     assert excinfo.value.returncode == 1
     assert excinfo.value.tail().endswith("error: the reason it failed")
     assert excinfo.value.summary().startswith(f"`{Path(sys.executable).name}` exited with 1:")
@@ -142,7 +143,7 @@ def test_run_kills_the_whole_process_group_on_cancel_and_timeout() -> None:
     )
 
     async def scenario() -> None:
-        task = asyncio.create_task(uv.run([sys.executable, "-c", code, tag]))
+        task = asyncio.create_task(procs.run([sys.executable, "-c", code, tag]))
         await wait_for(lambda: len(processes_mentioning(tag)) == 2, timeout=10)
         started = time.monotonic()
         task.cancel()
@@ -151,8 +152,8 @@ def test_run_kills_the_whole_process_group_on_cancel_and_timeout() -> None:
         assert time.monotonic() - started < 2
         await wait_for(lambda: processes_mentioning(tag) == [], timeout=2)
 
-        with pytest.raises(uv.CommandFailed, match="timed out"):
-            await uv.run([sys.executable, "-c", code, tag], timeout=0.5)
+        with pytest.raises(procs.CommandFailed, match="timed out"):
+            await procs.run([sys.executable, "-c", code, tag], timeout=0.5)
         await wait_for(lambda: processes_mentioning(tag) == [], timeout=2)
 
     asyncio.run(scenario())

@@ -5,6 +5,10 @@ A pool serves one env *family* (``uv``, ``conda``...) and a set of concrete
 it calls :meth:`EnvPool.start` once, :meth:`EnvPool.acquire` for every kernel
 that needs an environment, :meth:`EnvPool.release` when that kernel is gone,
 and :meth:`EnvPool.stop` at shutdown.
+
+Helpers for implementations: :mod:`runtimed.prewarm` (the prewarmed-pool rules:
+N ready envs, take/replenish/flush, stale and broken envs) and
+:mod:`runtimed.procs` (subprocesses killed by process group, ``find_uv``).
 """
 
 from __future__ import annotations

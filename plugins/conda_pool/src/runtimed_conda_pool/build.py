@@ -3,7 +3,7 @@
 :meth:`Builder.build` is the whole recipe for every kind of env (pool,
 inline, environment.yml, pixi.toml, lock file); callers decide only the
 :class:`~runtimed_conda_pool.specs.EnvSpec` and the directory. Every failure
-is a :class:`~runtimed_conda_pool.prewarm.BuildFailed` whose message a user can
+is a :class:`~runtimed.prewarm.BuildFailed` whose message a user can
 act on (the solver's explanation, the channel that could not be reached, the
 command that failed).
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from runtimed import procs
 from runtimed.pools import Progress
-from runtimed_conda_pool import procs
+from runtimed.prewarm import BuildFailed
 from runtimed_conda_pool.lockfile import LOCK_NAME, Locked, PipLocked, write_lock
-from runtimed_conda_pool.prewarm import BuildFailed
 from runtimed_conda_pool.specs import KERNEL_PACKAGES, EnvSpec, spec_name
 
 if sys.version_info >= (3, 11):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtimed.pools import Progress
-from runtimed_conda_pool.prewarm import MARKER
+from runtimed.prewarm import MARKER
 from runtimed_conda_pool.specs import EnvSpec
 
 KINDS = ("inline", "env_yml", "pixi", "lock")

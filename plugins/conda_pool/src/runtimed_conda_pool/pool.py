@@ -19,7 +19,7 @@ Which env a request gets:
   file) wins for every conda source: the env is installed from it without
   solving and cached by the lock's content;
 - ``conda:prewarmed``: a ready pool env (same rules as the uv pool, see
-  :mod:`runtimed_conda_pool.prewarm`);
+  :mod:`runtimed.prewarm`);
 - ``conda:inline``, ``conda:env_yml``, ``conda:pixi``: a cached env keyed by a
   hash of the request (or the file's content), reused at once.
 """
@@ -34,15 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtimed import procs
 from runtimed.config import DaemonConfig
 from runtimed.envsource import find_project_file
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvPool, EnvRequest, PoolStatus, PreparedEnv, Progress
-from runtimed_conda_pool import procs
+from runtimed.prewarm import BuildFailed, Prewarmer
 from runtimed_conda_pool.build import Builder
 from runtimed_conda_pool.cache import EnvCache
 from runtimed_conda_pool.lockfile import KEY_FIELD, LOCK_NAME, Locked, LockError, read_lock
-from runtimed_conda_pool.prewarm import BuildFailed, Prewarmer
 from runtimed_conda_pool.specs import (
     EnvSpec,
     SpecError,

@@ -16,32 +16,27 @@ Layout under ``config.cache_dir / "envs"``::
 
 The pool touches nothing else in that directory (other pools share it).
 
-One background task (the *warmer*) builds envs one at a time until the pool
-holds its target plus one per waiting :meth:`UvPool.acquire`. It sleeps on an
-:class:`asyncio.Event` between builds; :meth:`UvPool.acquire` waiters sleep on a
-"something changed" event the warmer sets after every build, success or failure.
+The prewarmed pool's rules (take, replenish, flush, stale and broken envs, the
+warmer) are :class:`runtimed.prewarm.Prewarmer`'s; this module supplies the
+build (``uv venv``, ``uv pip install``, import ipykernel) and the marker check.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-import shutil
-import time
-import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from runtimed import procs
 from runtimed.config import DaemonConfig
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvPool, EnvRequest, PoolStatus, PreparedEnv, Progress
-from runtimed_uv_pool import project, specs, uv
+from runtimed.prewarm import BuildFailed, Prewarmer, ReadyEnv, wait_event
+from runtimed_uv_pool import project, specs
 from runtimed_uv_pool.cache import BuildAbandoned, EnvCache
 from runtimed_uv_pool.project import Interpreter
 
@@ -49,7 +44,6 @@ log = logging.getLogger("runtimed.pools.uv")
 
 READY_PREFIX = "uv-prewarmed-"
 PARTIAL_SUFFIX = ".partial"
-MARKER = ".warmed"
 #: Packages every pool env gets, before ``config.default_packages``.
 BASE_PACKAGES = ("ipykernel", "ipywidgets")
 WARM_UP = "import ipykernel.kernelapp, ipywidgets"
@@ -62,22 +56,21 @@ _UV_PROGRESS = re.compile(
 )
 
 
-class BuildFailed(Exception):
-    """Building one env failed; the message says which step and quotes uv."""
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-@dataclass
-class _ReadyEnv:
-    path: Path
-    created: float
+class _Tunable:
+    """A :class:`Prewarmer` attribute, read and set through the pool (``pool.max_age = ...``)."""
 
-    @property
-    def python(self) -> Path:
-        return self.path / "bin" / "python"
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, pool: UvPool | None, owner: type | None = None) -> Any:
+        return getattr(Prewarmer if pool is None else pool.prewarmed, self.name)
+
+    def __set__(self, pool: UvPool, value: Any) -> None:
+        setattr(pool.prewarmed, self.name, value)
 
 
 class UvPool(EnvPool):
@@ -92,17 +85,17 @@ class UvPool(EnvPool):
     family = "uv"
     sources = ("uv:prewarmed", "uv:inline", "uv:pep723", "uv:pyproject")
 
+    # The prewarmed pool's tunables (see :class:`Prewarmer`), settable here too.
     #: Longest :meth:`acquire` waits for the warmer, in seconds.
-    acquire_timeout: float = 120.0
-    #: :meth:`acquire` gives up early once this many builds in a row failed
-    #: (at least one of them while it was waiting).
-    give_up_after_failures: int = 2
+    acquire_timeout = _Tunable()
+    #: :meth:`acquire` gives up early once this many builds in a row failed.
+    give_up_after_failures = _Tunable()
     #: Ready envs older than this (seconds) are deleted and rebuilt.
-    max_age: float = 2 * 24 * 3600
+    max_age = _Tunable()
+    #: Longest pause between retries while builds keep failing and nobody waits.
+    max_retry_delay = _Tunable()
     #: Longest one build step (a ``uv`` command) may take, in seconds.
     step_timeout: float = 600.0
-    #: Longest pause between retries while builds keep failing and nobody waits.
-    max_retry_delay: float = 300.0
     #: Build inline / PEP 723 envs and project overlays from a ready pool env when
     #: one is ready (uv then installs only what is missing). Measured on 2 cores
     #: with a warm uv cache: about 1.2 s instead of about 5 s from nothing.
@@ -111,25 +104,27 @@ class UvPool(EnvPool):
     def __init__(self, config: DaemonConfig) -> None:
         super().__init__(config)
         self.envs_dir = Path(config.cache_dir) / "envs"
-        self._ready: deque[_ReadyEnv] = deque()
-        self._running = False
-        self._warmer: asyncio.Task[None] | None = None
-        self._building = False
-        self._warmer_crashed = False
-        self._waiters = 0
-        self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._deletions: set[asyncio.Task[None]] = set()
-        self._consecutive_failures = 0
-        self._failures_total = 0
-        self._last_error: str | None = None
-        self._retry_at = 0.0
-        self._logged_available: int | None = None
-        #: Bumped by flush/stop: a pool env borrowed before is not put back after.
-        self._generation = 0
+        #: The ``uv:prewarmed`` pool (its tunables are also attributes of this pool).
+        self.prewarmed = Prewarmer(
+            family=self.family,
+            label="uv pool",
+            log_label="UV pool",
+            envs_dir=self.envs_dir,
+            target=lambda: self.config.pool_size(self.family),
+            build=self._build,
+            is_current=self._is_current,
+            python=_python,
+            check=self._imports_ipykernel,
+            fix_hint=self._fix_hint,
+            log=log,
+            building_prefix=READY_PREFIX,
+            building_suffix=PARTIAL_SUFFIX,
+            mismatch_reason="it was built for another interpreter or package list",
+            built_log_level=logging.DEBUG,
+        )
         self.cache = EnvCache(
             self.envs_dir,
-            self._discard,
+            self.prewarmed.discard,
             max_age=float(getattr(config, "inline_env_max_age_secs", 86400.0)),
             max_count=int(getattr(config, "inline_env_max_count", 10)),
         )
@@ -143,7 +138,7 @@ class UvPool(EnvPool):
     @property
     def target(self) -> int:
         """How many ready envs the pool keeps (``config.pool_size("uv")``)."""
-        return max(0, self.config.pool_size(self.family))
+        return self.prewarmed.target
 
     @property
     def packages(self) -> list[str]:
@@ -152,26 +147,13 @@ class UvPool(EnvPool):
 
     async def start(self) -> None:
         """Reuse valid envs left on disk, delete the rest, and start warming in the background."""
-        if self._running:
+        if self.prewarmed.running:
             return
-        self._running = True
-        self._consecutive_failures = 0
-        self._last_error = None
-        self._retry_at = 0.0
-        # Fresh events: asyncio primitives bind to the loop that first waits on them.
-        self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
+        # Fresh event: asyncio primitives bind to the loop that first waits on them.
         self._collect_wake = asyncio.Event()
         self._project_locks.clear()
-        self.envs_dir.mkdir(parents=True, exist_ok=True)
-        reusable = await self._scan()  # newest first
-        for env in reusable[self.target :]:
-            self._discard(env.path)
-        # Oldest first, like the envs the warmer appends: acquire() takes from the left.
-        self._ready.extend(reversed(reusable[: self.target]))
-        self._log_available()
+        await self.prewarmed.start()
         self.cache.clean_leftovers()
-        self._start_warmer()
         self._collector = asyncio.create_task(self._collect_loop(), name="runtimed-uv-env-gc")
 
     async def stop(self) -> None:
@@ -179,19 +161,13 @@ class UvPool(EnvPool):
 
         Ready envs stay on disk for the next :meth:`start`. Safe to call twice.
         """
-        self._running = False
-        self._generation += 1
-        await self._stop_warmer()
+        await self.prewarmed.stop()
         await self.cache.cancel_builds()
         collector, self._collector = self._collector, None
         if collector is not None:
             collector.cancel()
             await asyncio.wait({collector})
-        self._notify()
-        self._ready.clear()
-        self._logged_available = None
-        while self._deletions:
-            await asyncio.gather(*self._deletions)
+        await self.prewarmed.drain_deletions()
 
     async def acquire(self, request: EnvRequest, progress: Progress) -> PreparedEnv:
         """An environment for one kernel, by ``request.env_source``.
@@ -211,7 +187,7 @@ class UvPool(EnvPool):
                 f"The uv pool provides {', '.join(self.sources)}, not {request.env_source!r}.",
                 env_source=request.env_source,
             )
-        if not self._running:
+        if not self.prewarmed.running:
             raise EnvironmentFailed(
                 "The uv pool is not running (the daemon is starting or stopping); try again.",
                 env_source=request.env_source,
@@ -220,15 +196,11 @@ class UvPool(EnvPool):
             return await self._acquire_project(request, progress)
         if request.env_source in ("uv:inline", "uv:pep723"):
             return await self._acquire_inline(request, progress)
-        env = self._take_ready()
-        if env is None:
-            progress("preparing_env", "Waiting for the uv pool to warm an environment")
-            env = await self._wait_for_env(request.env_source)
-        self._wake.set()  # build the replacement
+        env = await self.prewarmed.take(request.env_source, progress)
         return PreparedEnv(
             env_source=self.sources[0],
             prefix=env.path,
-            python=[str(env.python)],
+            python=[str(_python(env.path))],
             extra={"created": env.created},
         )
 
@@ -250,22 +222,12 @@ class UvPool(EnvPool):
             return
         if env.extra.get("project_env"):
             return
-        if prefix.parent != self.envs_dir or not prefix.name.startswith(READY_PREFIX):
-            # Never delete a directory the pool did not create.
-            log.warning("UV pool: not deleting %s, it is not one of the pool's envs", prefix)
-            return
-        if self._running:
-            self._discard(prefix)
-        else:
-            await asyncio.to_thread(shutil.rmtree, prefix, True)
+        # Never deletes a directory the pool did not create.
+        await self.prewarmed.release(prefix)
 
     def status(self) -> PoolStatus:
         """``available``: ready envs; ``warming``: the build running plus those still to build."""
-        available = len(self._ready)
-        warming = 1 if self._building else 0
-        if self._warmer is not None and not self._warmer.done():
-            warming = max(warming, self._wanted() - available)
-        return PoolStatus(available=available, warming=warming, target=self.target)
+        return self.prewarmed.status()
 
     async def flush(self) -> None:
         """Delete every ready env, abandon a build in progress, and rebuild to the target.
@@ -275,16 +237,7 @@ class UvPool(EnvPool):
         so a flush would only force the same rebuilds; unused ones expire by the
         cache's age and count limits, and envs in use must stay anyway.
         """
-        self._generation += 1
-        while self._ready:
-            self._discard(self._ready.popleft().path)
-        self._consecutive_failures = 0
-        self._last_error = None
-        self._retry_at = 0.0
-        self._log_available()
-        await self._stop_warmer()
-        if self._running and self._warmer is None:  # not stopped (or restarted) meanwhile
-            self._start_warmer()
+        await self.prewarmed.flush()
 
     # -- inline and PEP 723 envs -----------------------------------------------
 
@@ -319,7 +272,7 @@ class UvPool(EnvPool):
         """Fill ``tmp`` with an env for ``spec``: a borrowed pool env plus the extras, or a new one."""
         source = spec.env_source
         packages = [*self.packages, *spec.dependencies]
-        generation = self._generation
+        generation = self.prewarmed.generation
         borrowed = self._borrow_ready()
         count = _plural(len(spec.dependencies), "package")
         if borrowed is not None:
@@ -348,7 +301,7 @@ class UvPool(EnvPool):
         try:
             try:
                 await self._uv_with_progress([*argv, *packages], progress, lines)
-            except uv.CommandFailed as exc:
+            except procs.CommandFailed as exc:
                 if base is not None:
                     self._give_back(base, tmp, generation, lines)
                 culprits = specs.named_in(spec.dependencies, exc.stderr) or list(spec.dependencies)
@@ -362,7 +315,7 @@ class UvPool(EnvPool):
                 await self._warm_up(tmp, source, progress)
         finally:
             if base is not None:
-                self._wake.set()  # the pool replaces the env this one was made from
+                self.prewarmed.wake()  # the pool replaces the env this one was made from
         return {
             "kind": "inline",
             "env_source": source,
@@ -429,7 +382,7 @@ class UvPool(EnvPool):
         source = "uv:pyproject"
         uv_bin = self._uv_bin(source)
         interpreter = await self._interpreter(source)
-        env = uv.subprocess_env(for_python=True)
+        env = procs.subprocess_env(for_python=True)
         env.pop("VIRTUAL_ENV", None)  # a daemon started inside some venv must not confuse uv
         argv = project.sync_argv(
             uv_bin,
@@ -442,21 +395,21 @@ class UvPool(EnvPool):
         progress("preparing_env", f"Syncing the project environment of {project_file.parent}")
         try:
             await self._uv_with_progress(argv, progress, [], cwd=project_file.parent, env=env)
-        except uv.CommandFailed as exc:
+        except procs.CommandFailed as exc:
             raise EnvironmentFailed(
                 f"uv could not set up the environment of the project {project_file}: "
                 f"{_uv_error(exc)}",
                 env_source=source,
             ) from None
         try:
-            out = await uv.output(
+            out = await procs.output(
                 project.probe_argv(uv_bin, project_file),
                 cwd=project_file.parent,
                 env=env,
                 timeout=60,
             )
             return Interpreter.from_probe(out)
-        except (uv.CommandFailed, ValueError, KeyError, IndexError) as exc:
+        except (procs.CommandFailed, ValueError, KeyError, IndexError) as exc:
             raise EnvironmentFailed(
                 f"The environment of the project {project_file} was synced, but its python "
                 f"does not run: {exc}",
@@ -482,7 +435,7 @@ class UvPool(EnvPool):
             )
         base = await self._base_env(tmp, borrowed, str(env.executable), source)
         if base is not None:
-            self._wake.set()  # the pool replaces the env this one is made from
+            self.prewarmed.wake()  # the pool replaces the env this one is made from
         else:
             argv = [
                 self._uv_bin(source),
@@ -496,7 +449,7 @@ class UvPool(EnvPool):
             ]
             try:
                 await self._uv_with_progress(argv, progress, [])
-            except uv.CommandFailed as exc:
+            except procs.CommandFailed as exc:
                 raise EnvironmentFailed(
                     f"Could not install ipykernel next to the project {project_file}: "
                     f"{_uv_error(exc)}",
@@ -558,15 +511,15 @@ class UvPool(EnvPool):
             extra={"cached": name, **(extra or {})},
         )
 
-    def _borrow_ready(self) -> _ReadyEnv | None:
+    def _borrow_ready(self) -> ReadyEnv | None:
         """A ready pool env to build on (its replacement is started once the build succeeds)."""
         if not self.build_from_pool:
             return None
-        return self._take_ready()
+        return self.prewarmed.take_ready()
 
     async def _base_env(
-        self, tmp: Path, borrowed: _ReadyEnv | None, python: str, env_source: str
-    ) -> _ReadyEnv | None:
+        self, tmp: Path, borrowed: ReadyEnv | None, python: str, env_source: str
+    ) -> ReadyEnv | None:
         """Move ``borrowed`` to ``tmp``, or create a new venv there; return the env used, if any."""
         if borrowed is not None:
             try:
@@ -574,8 +527,8 @@ class UvPool(EnvPool):
                 return borrowed
             except OSError:
                 log.warning("UV pool: could not take over %s", borrowed.path, exc_info=True)
-                self._discard(borrowed.path)
-                self._wake.set()
+                self.prewarmed.discard(borrowed.path)
+                self.prewarmed.wake()
         argv = [
             self._uv_bin(env_source),
             "venv",
@@ -587,39 +540,23 @@ class UvPool(EnvPool):
             str(tmp),
         ]
         try:
-            await uv.run(
-                argv, cwd=self.envs_dir, env=uv.subprocess_env(), timeout=self.step_timeout
+            await procs.run(
+                argv, cwd=self.envs_dir, env=procs.subprocess_env(), timeout=self.step_timeout
             )
-        except uv.CommandFailed as exc:
+        except procs.CommandFailed as exc:
             raise EnvironmentFailed(
                 f"Could not create a virtual environment with {python}: {_uv_error(exc)}",
                 env_source=env_source,
             ) from None
         return None
 
-    def _give_back(self, env: _ReadyEnv, tmp: Path, generation: int, lines: list[str]) -> None:
+    def _give_back(self, env: ReadyEnv, tmp: Path, generation: int, lines: list[str]) -> None:
         """A build from ``env`` failed: return it to the pool if uv left it untouched."""
-        reusable = (
-            self._running and generation == self._generation and not _changed_installed(lines)
-        )
-        if reusable:
-            try:
-                marker = {
-                    "created": env.created,
-                    "python": self.config.python,
-                    "packages": self.packages,
-                }
-                (tmp / MARKER).write_text(json.dumps(marker))
-                tmp.rename(env.path)
-            except OSError:
-                log.warning("UV pool: could not return %s to the pool", env.path, exc_info=True)
-            else:
-                self._ready.appendleft(env)
-                self._log_available()
-                self._notify()
-                return
-        self._discard(tmp)
-        self._wake.set()
+        if _changed_installed(lines):
+            self.prewarmed.discard(tmp)
+            self.prewarmed.wake()
+        else:
+            self.prewarmed.give_back(env, tmp, generation)
 
     async def _uv_with_progress(
         self,
@@ -638,10 +575,10 @@ class UvPool(EnvPool):
             if _UV_PROGRESS.match(text):
                 progress("preparing_env", text)
 
-        await uv.run(
+        await procs.run(
             argv,
             cwd=cwd or self.envs_dir,
-            env=env if env is not None else uv.subprocess_env(),
+            env=env if env is not None else procs.subprocess_env(),
             timeout=self.step_timeout,
             on_line=on_line,
         )
@@ -649,13 +586,13 @@ class UvPool(EnvPool):
     async def _warm_up(self, tmp: Path, env_source: str, progress: Progress) -> None:
         progress("preparing_env", "Checking that ipykernel imports")
         try:
-            await uv.run(
+            await procs.run(
                 [str(tmp / "bin" / "python"), "-c", WARM_UP],
                 cwd=self.envs_dir,
-                env=uv.subprocess_env(for_python=True),
+                env=procs.subprocess_env(for_python=True),
                 timeout=self.step_timeout,
             )
-        except uv.CommandFailed as exc:
+        except procs.CommandFailed as exc:
             raise EnvironmentFailed(
                 f"The {env_source} environment was built, but ipykernel does not import in it "
                 f"(a dependency may conflict with it): {_uv_error(exc)}",
@@ -664,21 +601,21 @@ class UvPool(EnvPool):
 
     def _uv_bin(self, env_source: str) -> str:
         try:
-            return uv.find_uv()
-        except uv.CommandFailed as exc:
+            return procs.find_uv()
+        except procs.CommandFailed as exc:
             raise EnvironmentFailed(exc.tail(), env_source=env_source) from None
 
     async def _interpreter(self, env_source: str) -> Interpreter:
         """What ``config.python`` is (version, base prefix); asked once."""
         if self._interpreter_info is None:
             try:
-                out = await uv.output(
+                out = await procs.output(
                     [self.config.python, "-c", project.PROBE],
-                    env=uv.subprocess_env(for_python=True),
+                    env=procs.subprocess_env(for_python=True),
                     timeout=60,
                 )
                 self._interpreter_info = Interpreter.from_probe(out)
-            except (uv.CommandFailed, ValueError, KeyError, IndexError) as exc:
+            except (procs.CommandFailed, ValueError, KeyError, IndexError) as exc:
                 raise EnvironmentFailed(
                     f"The daemon's interpreter {self.config.python} does not run: {exc}",
                     env_source=env_source,
@@ -702,63 +639,7 @@ class UvPool(EnvPool):
             except Exception:  # a bug: keep the daemon up, try again later
                 log.exception("UV pool: collecting cached environments failed")
                 wait = 3600.0
-            await _wait_event(self._collect_wake, None if wait is None else wait + 1.0)
-
-    # -- handing envs out -----------------------------------------------------
-
-    def _take_ready(self) -> _ReadyEnv | None:
-        """Pop the oldest ready env that is still intact; discard broken ones on the way."""
-        while self._ready:
-            env = self._ready.popleft()
-            marker = env.path / MARKER
-            if env.python.exists() and marker.exists():
-                marker.unlink(missing_ok=True)  # handed out: never reused after a restart
-                self._log_available()
-                return env
-            log.warning("UV pool: discarding broken environment %s", env.path)
-            self._discard(env.path)
-        self._log_available()
-        return None
-
-    async def _wait_for_env(self, env_source: str) -> _ReadyEnv:
-        """Wait for the warmer to produce an env; raise when it keeps failing or time runs out."""
-        deadline = time.monotonic() + self.acquire_timeout
-        failures_seen = self._failures_total
-        self._waiters += 1
-        self._wake.set()
-        try:
-            while True:
-                changed = self._changed
-                env = self._take_ready()
-                if env is not None:
-                    return env
-                if not self._running or self._warmer_crashed:
-                    raise EnvironmentFailed(
-                        "The uv pool stopped before an environment was ready."
-                        + self._last_error_hint(),
-                        env_source=env_source,
-                    )
-                if (
-                    self._failures_total > failures_seen
-                    and self._consecutive_failures >= self.give_up_after_failures
-                ):
-                    raise EnvironmentFailed(
-                        f"The uv pool could not build an environment "
-                        f"({self._consecutive_failures} attempts in a row failed). "
-                        f"{self._last_error}\n{self._fix_hint()}",
-                        env_source=env_source,
-                    )
-                if not await _wait_event(changed, deadline - time.monotonic()):
-                    raise EnvironmentFailed(
-                        f"Timed out after {self.acquire_timeout:g} s waiting for the uv pool "
-                        "to warm an environment." + self._last_error_hint(),
-                        env_source=env_source,
-                    ) from None
-        finally:
-            self._waiters -= 1
-
-    def _last_error_hint(self) -> str:
-        return f" Last build error: {self._last_error}" if self._last_error else ""
+            await wait_event(self._collect_wake, None if wait is None else wait + 1.0)
 
     def _fix_hint(self) -> str:
         extra = self.config.default_packages
@@ -768,224 +649,77 @@ class UvPool(EnvPool):
             f"({self.config.python}) and access to the package index, then flush the pool."
         )
 
-    # -- the warmer -----------------------------------------------------------
+    # -- the prewarmed pool's build (the rules are Prewarmer's) -------------------
 
-    def _wanted(self) -> int:
-        """Ready envs the warmer aims for: the target plus one per waiting acquire."""
-        return self.target + self._waiters
-
-    def _start_warmer(self) -> None:
-        self._warmer_crashed = False
-        self._warmer = asyncio.create_task(self._warm(), name="runtimed-uv-pool-warmer")
-
-    async def _stop_warmer(self) -> None:
-        """Cancel the warmer and wait for it; concurrent callers wait for the same task."""
-        warmer = self._warmer
-        if warmer is None:
-            return
-        warmer.cancel()
-        # asyncio.wait does not raise the warmer's CancelledError, only our own.
-        await asyncio.wait({warmer})
-        if self._warmer is warmer:
-            self._warmer = None
-
-    async def _warm(self) -> None:
-        """Build envs one at a time until the pool holds what it should; then sleep until woken."""
+    async def _build(self, tmp: Path, progress: Progress) -> dict[str, Any]:
+        """Build one pool env into ``tmp``; return its marker fields (python, packages)."""
+        python = _python(tmp)
         try:
-            while True:
-                self._wake.clear()
-                self._prune_stale()
-                now = time.monotonic()
-                if len(self._ready) >= self._wanted():
-                    await self._sleep(self._seconds_until_stale())
-                elif self._retry_at > now and not self._waiters:
-                    await self._sleep(self._retry_at - now)
-                else:
-                    await self._build_and_record()
-        except Exception as exc:  # a bug, not a build failure: waiters must not hang
-            log.exception("UV pool: the warmer crashed")
-            self._warmer_crashed = True
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            self._notify()
-
-    async def _build_and_record(self) -> None:
-        self._building = True
-        try:
-            env = await self._build()
-        except BuildFailed as exc:
-            self._consecutive_failures += 1
-            self._failures_total += 1
-            self._last_error = str(exc)
-            delay = min(self.max_retry_delay, 5.0 * 2 ** (self._consecutive_failures - 1))
-            self._retry_at = time.monotonic() + delay
-            log.warning("UV pool: building an environment failed: %s", exc)
-        else:
-            self._consecutive_failures = 0
-            self._retry_at = 0.0
-            self._ready.append(env)
-            self._log_available()
-        finally:
-            self._building = False
-            self._notify()
-
-    async def _sleep(self, timeout: float | None) -> None:
-        """Sleep until :attr:`_wake` is set or ``timeout`` seconds pass."""
-        await _wait_event(self._wake, timeout)
-
-    def _seconds_until_stale(self) -> float | None:
-        if not self._ready:
-            return None
-        oldest = min(env.created for env in self._ready)
-        return max(0.0, oldest + self.max_age - time.time())
-
-    def _prune_stale(self) -> None:
-        now = time.time()
-        for env in [e for e in self._ready if now - e.created > self.max_age]:
-            log.info(
-                "UV pool: %s is older than %g h, rebuilding", env.path.name, self.max_age / 3600
-            )
-            self._ready.remove(env)
-            self._discard(env.path)
-        self._log_available()
-
-    async def _build(self) -> _ReadyEnv:
-        """Build one env into a temporary directory and move it into place once warmed."""
-        name = uuid.uuid4().hex
-        final = self.envs_dir / f"{READY_PREFIX}{name}"
-        tmp = final.with_name(final.name + PARTIAL_SUFFIX)
-        python = tmp / "bin" / "python"
-        started = time.monotonic()
-        log.debug("UV pool: building %s", final.name)
-        try:
-            try:
-                uv_bin = uv.find_uv()
-            except uv.CommandFailed as exc:
-                raise BuildFailed(exc.tail()) from exc
-            # --relocatable: scripts and activate files do not embed the temp path.
-            await self._step(
-                "Creating the venv",
-                [
-                    uv_bin,
-                    "venv",
-                    "--quiet",
-                    "--relocatable",
-                    "--no-python-downloads",
-                    "--python",
-                    self.config.python,
-                    str(tmp),
-                ],
-            )
-            await self._step(
-                "Installing packages",
-                [
-                    uv_bin,
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--no-python-downloads",
-                    "--python",
-                    str(python),
-                    "--compile-bytecode",
-                    *self.packages,
-                ],
-            )
-            await self._step("Importing ipykernel", [str(python), "-c", WARM_UP], for_python=True)
-            created = time.time()
-            marker = {"created": created, "python": self.config.python, "packages": self.packages}
-            (tmp / MARKER).write_text(json.dumps(marker))
-            tmp.rename(final)
-        except BaseException:
-            self._discard(tmp)
-            raise
-        log.debug("UV pool: built %s in %.1f s", final.name, time.monotonic() - started)
-        return _ReadyEnv(final, created)
+            uv_bin = procs.find_uv()
+        except procs.CommandFailed as exc:
+            raise BuildFailed(exc.tail()) from exc
+        # --relocatable: scripts and activate files do not embed the temp path.
+        await self._step(
+            "Creating the venv",
+            [
+                uv_bin,
+                "venv",
+                "--quiet",
+                "--relocatable",
+                "--no-python-downloads",
+                "--python",
+                self.config.python,
+                str(tmp),
+            ],
+        )
+        await self._step(
+            "Installing packages",
+            [
+                uv_bin,
+                "pip",
+                "install",
+                "--quiet",
+                "--no-python-downloads",
+                "--python",
+                str(python),
+                "--compile-bytecode",
+                *self.packages,
+            ],
+        )
+        await self._step("Importing ipykernel", [str(python), "-c", WARM_UP], for_python=True)
+        return {"python": self.config.python, "packages": self.packages}
 
     async def _step(self, what: str, argv: list[str], *, for_python: bool = False) -> None:
         try:
-            await uv.run(
+            await procs.run(
                 argv,
                 cwd=self.envs_dir,
-                env=uv.subprocess_env(for_python=for_python),
+                env=procs.subprocess_env(for_python=for_python),
                 timeout=self.step_timeout,
             )
-        except uv.CommandFailed as exc:
+        except procs.CommandFailed as exc:
             raise BuildFailed(f"{what} failed: {_uv_error(exc)}") from exc
 
-    # -- disk -----------------------------------------------------------------
+    def _is_current(self, marker: dict[str, Any]) -> bool:
+        """Whether a ready env on disk was built with this interpreter and package list."""
+        return (
+            marker.get("python") == self.config.python and marker.get("packages") == self.packages
+        )
 
-    async def _scan(self) -> list[_ReadyEnv]:
-        """Envs on disk worth reusing, newest first; everything else is deleted."""
-        candidates: list[_ReadyEnv] = []
-        for path in sorted(self.envs_dir.iterdir()):
-            if not path.name.startswith(READY_PREFIX):
-                continue
-            if path.name.endswith(PARTIAL_SUFFIX):
-                self._discard(path)  # a build interrupted by a crash
-            else:
-                env = self._reusable(path)
-                if env is None:
-                    self._discard(path)
-                else:
-                    candidates.append(env)
-        works = await asyncio.gather(*(self._imports_ipykernel(env) for env in candidates))
-        reusable = []
-        for env, ok in zip(candidates, works, strict=True):
-            if ok:
-                reusable.append(env)
-            else:
-                log.info("UV pool: discarding %s, its python no longer runs", env.path.name)
-                self._discard(env.path)
-        return sorted(reusable, key=lambda env: env.created, reverse=True)
-
-    def _reusable(self, path: Path) -> _ReadyEnv | None:
-        """A ready env from a marker that is fresh and matches the current config, else None."""
+    async def _imports_ipykernel(self, path: Path) -> bool:
         try:
-            marker: dict[str, Any] = json.loads((path / MARKER).read_text())
-            created = float(marker["created"])
-        except (OSError, ValueError, KeyError, TypeError):
-            log.info("UV pool: discarding %s, it has no valid %s marker", path.name, MARKER)
-            return None
-        env = _ReadyEnv(path, created)
-        if time.time() - created > self.max_age:
-            reason = "it is stale"
-        elif marker.get("python") != self.config.python or marker.get("packages") != self.packages:
-            reason = "it was built for another interpreter or package list"
-        elif not env.python.exists():
-            reason = "its python is missing"
-        else:
-            return env
-        log.info("UV pool: discarding %s, %s", path.name, reason)
-        return None
-
-    async def _imports_ipykernel(self, env: _ReadyEnv) -> bool:
-        try:
-            await uv.run(
-                [str(env.python), "-c", "import ipykernel"],
-                env=uv.subprocess_env(for_python=True),
+            await procs.run(
+                [str(_python(path)), "-c", "import ipykernel"],
+                env=procs.subprocess_env(for_python=True),
                 timeout=30,
             )
-        except uv.CommandFailed:
+        except procs.CommandFailed:
             return False
         return True
 
-    def _discard(self, path: Path) -> None:
-        """Delete ``path`` in a background thread; :meth:`stop` waits for pending deletions."""
-        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, path, True))
-        self._deletions.add(task)
-        task.add_done_callback(self._deletions.discard)
 
-    # -- notifications --------------------------------------------------------
-
-    def _notify(self) -> None:
-        """Wake every :meth:`_wait_for_env`: swap in a fresh event and set the old one."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    def _log_available(self) -> None:
-        available = len(self._ready)
-        if available != self._logged_available:
-            self._logged_available = available
-            log.info("UV pool: %d/%d available", available, self.target)
+def _python(env: Path) -> Path:
+    return env / "bin" / "python"
 
 
 def _changed_installed(lines: list[str]) -> bool:
@@ -998,7 +732,7 @@ def _replaced_any(lines: list[str]) -> bool:
     return any(line.strip().startswith("Uninstalled ") for line in lines)
 
 
-def _uv_error(exc: uv.CommandFailed) -> str:
+def _uv_error(exc: procs.CommandFailed) -> str:
     """uv's failure, without its ``Using Python ... environment at: <temp dir>`` preamble."""
     kept = [
         line
@@ -1006,17 +740,3 @@ def _uv_error(exc: uv.CommandFailed) -> str:
         if not re.match(r"Using (C?Python|Python) \S+ (environment|interpreter) at", line)
     ]
     return "\n".join(kept)
-
-
-async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
-    """Wait for ``event`` at most ``timeout`` seconds; return whether it was set.
-
-    Unlike ``asyncio.wait_for`` on Python 3.10/3.11, never swallows a
-    cancellation that arrives just as the event is set.
-    """
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait({waiter}, timeout=None if timeout is None else max(timeout, 0))
-    finally:
-        waiter.cancel()
-    return bool(done)

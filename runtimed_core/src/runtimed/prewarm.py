@@ -1,8 +1,9 @@
-"""N ready environments, built ahead of time: the prewarmed-pool rules, independent of the family.
+"""N ready environments, built ahead of time: the prewarmed-pool rules, for pool plugins.
 
-Nothing here knows about conda; a pool supplies a *build* function (build one
-env into a given directory) and a few predicates. The rules are the uv pool's
-(``runtimed_uv_pool.pool``), so both families behave alike:
+A helper for :class:`~runtimed.pools.EnvPool` implementations that keep a pool
+of ready envs (the uv and conda plugins both use it, so every family behaves
+alike). Nothing here knows about a family: the pool supplies a *build*
+function (build one env into a given directory) and a few predicates. The rules:
 
 - the pool keeps ``target`` ready envs; taking one hands it to exactly one
   kernel (its ``.warmed`` marker is removed, so it is never reused, even after
@@ -15,9 +16,10 @@ env into a given directory) and a few predicates. The rules are the uv pool's
 - :meth:`Prewarmer.flush` deletes every ready env, abandons a build in progress
   and rebuilds.
 
-Layout under ``envs_dir``::
+Layout under ``envs_dir`` (the pool touches nothing else there; other pools may share it)::
 
-    <family>-building-<hex>/    an env being built (never handed out; deleted at start)
+    <family>-building-<hex>/    an env being built (never handed out; deleted at start);
+                                the name is configurable (``building_prefix``/``building_suffix``)
     <family>-prewarmed-<hex>/   a ready env; ``.warmed`` holds JSON {created, ...the build's fields}
 
 One background task (the *warmer*) builds envs one at a time until the pool
@@ -94,17 +96,31 @@ class Prewarmer:
         check: Callable[[Path], Awaitable[bool]],
         fix_hint: Callable[[], str],
         log: logging.Logger,
+        log_label: str | None = None,
+        building_prefix: str | None = None,
+        building_suffix: str = "",
+        mismatch_reason: str = "it was built for another configuration",
+        built_log_level: int = logging.INFO,
     ) -> None:
         """``label`` names the pool in messages (``"conda pool"``); ``is_current(marker)``
         says whether an env on disk was built for the current configuration;
         ``python(path)`` is an env's interpreter; ``check(path)`` runs it (at start);
         ``fix_hint()`` ends the message of repeated build failures.
+
+        ``log_label`` starts log lines (default: ``label`` capitalized); an env
+        being built is named ``<building_prefix><hex><building_suffix>`` (default
+        prefix ``<family>-building-``); ``mismatch_reason`` is logged when an env
+        on disk is not current; ``built_log_level`` is the level of "built ..." lines.
         """
         self.family = family
         self.label = label
+        self.log_label = log_label or label[:1].upper() + label[1:]
         self.envs_dir = envs_dir
         self.ready_prefix = f"{family}-prewarmed-"
-        self.building_prefix = f"{family}-building-"
+        self.building_prefix = building_prefix or f"{family}-building-"
+        self.building_suffix = building_suffix
+        self._mismatch_reason = mismatch_reason
+        self._built_log_level = built_log_level
         self._target = target
         self._build_env = build
         self._is_current = is_current
@@ -115,6 +131,7 @@ class Prewarmer:
         self._ready: deque[ReadyEnv] = deque()
         self._running = False
         self._warmer: asyncio.Task[None] | None = None
+        self._warmer_crashed = False
         self._building = False
         self._waiters = 0
         self._listeners: set[Progress] = set()
@@ -126,6 +143,8 @@ class Prewarmer:
         self._last_error: str | None = None
         self._retry_at = 0.0
         self._logged_available: int | None = None
+        #: Bumped by flush/stop: an env taken before is not given back after.
+        self.generation = 0
 
     @property
     def target(self) -> int:
@@ -135,10 +154,6 @@ class Prewarmer:
     def running(self) -> bool:
         return self._running
 
-    @property
-    def log_label(self) -> str:
-        return self.label[:1].upper() + self.label[1:]
-
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
@@ -146,6 +161,9 @@ class Prewarmer:
         if self._running:
             return
         self._running = True
+        self._consecutive_failures = 0
+        self._last_error = None
+        self._retry_at = 0.0
         # Fresh events: asyncio primitives bind to the loop that first waits on them.
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -164,6 +182,7 @@ class Prewarmer:
         Ready envs stay on disk for the next :meth:`start`.
         """
         self._running = False
+        self.generation += 1
         await self._stop_warmer()
         self._notify()
         self._ready.clear()
@@ -184,14 +203,15 @@ class Prewarmer:
 
     async def flush(self) -> None:
         """Delete every ready env, abandon a build in progress, and rebuild to the target."""
-        await self._stop_warmer()
+        self.generation += 1
         while self._ready:
             self.discard(self._ready.popleft().path)
         self._consecutive_failures = 0
         self._last_error = None
         self._retry_at = 0.0
         self._log_available()
-        if self._running:
+        await self._stop_warmer()
+        if self._running and self._warmer is None:  # not stopped (or restarted) meanwhile
             self._start_warmer()
 
     # -- handing envs out -----------------------------------------------------
@@ -208,7 +228,7 @@ class Prewarmer:
                 f"The {self.label} is not running (the daemon is starting or stopping); try again.",
                 env_source=env_source,
             )
-        env = self._take_ready()
+        env = self.take_ready()
         if env is None:
             progress("preparing_env", f"Waiting for the {self.label} to warm an environment")
             env = await self._wait_for_env(env_source, progress)
@@ -231,8 +251,12 @@ class Prewarmer:
         else:
             await asyncio.to_thread(shutil.rmtree, path, True)
 
-    def _take_ready(self) -> ReadyEnv | None:
-        """Pop the oldest ready env that is still intact; discard broken ones on the way."""
+    def take_ready(self) -> ReadyEnv | None:
+        """Pop the oldest ready env that is still intact; discard broken ones on the way.
+
+        Unlike :meth:`take`, neither waits nor wakes the warmer: a pool that builds
+        another env from the one taken calls :meth:`wake` (or :meth:`give_back`) after.
+        """
         while self._ready:
             env = self._ready.popleft()
             marker = env.path / MARKER
@@ -254,11 +278,11 @@ class Prewarmer:
         try:
             while True:
                 changed = self._changed
-                env = self._take_ready()
+                env = self.take_ready()
                 if env is not None:
                     return env
                 # (No warmer at all is fine: flush() is between stopping and restarting it.)
-                if not self._running or (self._warmer is not None and self._warmer.done()):
+                if not self._running or self._warmer_crashed:
                     raise EnvironmentFailed(
                         f"The {self.label} stopped before an environment was ready."
                         + self._last_error_hint(),
@@ -287,6 +311,30 @@ class Prewarmer:
     def _last_error_hint(self) -> str:
         return f" Last build error: {self._last_error}" if self._last_error else ""
 
+    def give_back(self, env: ReadyEnv, path: Path, generation: int) -> bool:
+        """Return ``env`` (taken with :meth:`take_ready`, now at ``path``) to the pool, untouched.
+
+        Only while running and if no flush or stop happened since :attr:`generation`
+        was ``generation``; otherwise (or if moving it back fails) ``path`` is
+        deleted and the warmer builds a replacement. Returns whether it went back.
+        """
+        if self._running and generation == self.generation:
+            try:
+                (path / MARKER).write_text(json.dumps({**env.marker, "created": env.created}))
+                path.rename(env.path)
+            except OSError:
+                self.log.warning(
+                    "%s: could not return %s to the pool", self.log_label, env.path, exc_info=True
+                )
+            else:
+                self._ready.appendleft(env)
+                self._log_available()
+                self._notify()
+                return True
+        self.discard(path)
+        self._wake.set()
+        return False
+
     # -- the warmer -----------------------------------------------------------
 
     def wake(self) -> None:
@@ -298,14 +346,19 @@ class Prewarmer:
         return self.target + self._waiters
 
     def _start_warmer(self) -> None:
+        self._warmer_crashed = False
         self._warmer = asyncio.create_task(self._warm(), name=f"runtimed-{self.family}-pool-warmer")
 
     async def _stop_warmer(self) -> None:
-        warmer, self._warmer = self._warmer, None
-        if warmer is not None and not warmer.done():
-            warmer.cancel()
-            # asyncio.wait does not raise the warmer's CancelledError, only our own.
-            await asyncio.wait({warmer})
+        """Cancel the warmer and wait for it; concurrent callers wait for the same task."""
+        warmer = self._warmer
+        if warmer is None:
+            return
+        warmer.cancel()
+        # asyncio.wait does not raise the warmer's CancelledError, only our own.
+        await asyncio.wait({warmer})
+        if self._warmer is warmer:
+            self._warmer = None
 
     async def _warm(self) -> None:
         """Build envs one at a time until the pool holds what it should; then sleep until woken."""
@@ -322,6 +375,7 @@ class Prewarmer:
                     await self._build_and_record()
         except Exception as exc:  # a bug, not a build failure: waiters must not hang
             self.log.exception("%s: the warmer crashed", self.log_label)
+            self._warmer_crashed = True
             self._last_error = f"{type(exc).__name__}: {exc}"
             self._notify()
 
@@ -357,7 +411,7 @@ class Prewarmer:
     async def _build(self) -> ReadyEnv:
         """Build one env into a temporary directory and move it into place once warmed."""
         name = uuid.uuid4().hex
-        tmp = self.envs_dir / f"{self.building_prefix}{name}"
+        tmp = self.envs_dir / f"{self.building_prefix}{name}{self.building_suffix}"
         final = self.envs_dir / f"{self.ready_prefix}{name}"
         started = time.monotonic()
         self.log.debug("%s: building %s", self.log_label, final.name)
@@ -370,8 +424,12 @@ class Prewarmer:
         except BaseException:
             self.discard(tmp)
             raise
-        self.log.info(
-            "%s: built %s in %.1f s", self.log_label, final.name, time.monotonic() - started
+        self.log.log(
+            self._built_log_level,
+            "%s: built %s in %.1f s",
+            self.log_label,
+            final.name,
+            time.monotonic() - started,
         )
         return ReadyEnv(final, created, marker)
 
@@ -400,8 +458,10 @@ class Prewarmer:
         """Envs on disk worth reusing, newest first; every other pool env is deleted."""
         candidates: list[ReadyEnv] = []
         for path in sorted(self.envs_dir.iterdir()):
-            if path.name.startswith(self.building_prefix):
-                self.discard(path)
+            if path.name.startswith(self.building_prefix) and path.name.endswith(
+                self.building_suffix
+            ):
+                self.discard(path)  # a build interrupted by a crash
             elif path.name.startswith(self.ready_prefix):
                 env = self._reusable(path)
                 if env is None:
@@ -410,7 +470,7 @@ class Prewarmer:
                     candidates.append(env)
         works = await asyncio.gather(*(self._check(env.path) for env in candidates))
         reusable = []
-        for env, ok in zip(candidates, works):
+        for env, ok in zip(candidates, works, strict=True):
             if ok:
                 reusable.append(env)
             else:
@@ -434,7 +494,7 @@ class Prewarmer:
         if time.time() - created > self.max_age:
             reason = "it is stale"
         elif not self._is_current(marker):
-            reason = "it was built for another configuration"
+            reason = self._mismatch_reason
         elif not self._python(path).exists():
             reason = "its python is missing"
         else:

@@ -1,9 +1,12 @@
-"""Finding the ``uv`` binary and running commands as asyncio subprocesses.
+"""Running commands as asyncio subprocesses, for pool plugins (``uv``, an env's python...).
 
 Everything here is pool-agnostic: :func:`run` starts one command, captures its
 output, and on cancellation or timeout kills the command's whole process group
 (uv spawns helpers, e.g. for bytecode compilation) before re-raising, so no
-process or pipe outlives the call.
+process or pipe outlives the call. :class:`CommandFailed` quotes the tail of
+the command's stderr; :func:`subprocess_env` passes the daemon's environment
+through; :func:`find_uv` finds uv (from the ``uv`` package when the plugin
+depends on it, else on PATH).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("runtimed.pools.uv")
+log = logging.getLogger("runtimed.procs")
 
 #: Variables that would make an environment's interpreter import something else.
 _LEAKY_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
@@ -196,7 +199,7 @@ def _emit(on_line: Callable[[str], None], line: bytes) -> None:
     try:
         on_line(text)
     except Exception:
-        log.exception("uv output callback failed on %r", text)
+        log.exception("output callback failed on %r", text)
 
 
 async def _kill(proc: asyncio.subprocess.Process, communicate: asyncio.Future[Any]) -> None:
