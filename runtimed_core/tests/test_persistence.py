@@ -20,7 +20,7 @@ def test_log_then_snapshot_round_trip(tmp_path):
         b = notebook.add_cell(doc, "b = 2")
         store.record(doc)
         reloaded = DocStore(tmp_path, "nb").load()
-        assert [c.source for c in notebook.read_cells(reloaded)] == ["a = 1", "b = 2"]
+        assert [(c.id, c.source) for c in notebook.read_cells(reloaded)] == [(a, "a = 1"), (b, "b = 2")]
         store.close(doc)
 
     asyncio.run(main())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runtimed.document.replica import ROOT, F64, Bool, Int, List, Map, Null, Replica, Str, Text
+from runtimed.document.replica import ROOT, F64, Bool, Int, List, Map, Null, Replica, Str
 
 LIFECYCLES = (
     "not_started", "resolving", "preparing_env", "launching", "connecting",
