@@ -179,7 +179,9 @@ class KernelRunner:
             done=asyncio.get_running_loop().create_future(),
         )
         ex.ctx = ExecutionContext(room.notebook_id, ex.id, cell_id, room)
-        room.writer.add_execution(ex.id, cell_id, source)
+        if self.running is None and not self.queue:  # the kernel is free: it runs next
+            ex.status = "running"
+        room.writer.add_execution(ex.id, cell_id, source, running=ex.status == "running")
         room.schedule_flush(PROGRESS_DELAY)
         self.queue.append(ex)
         self._active[cell_id] = ex
@@ -271,6 +273,7 @@ class KernelRunner:
         room = self.room
         sinks = room.daemon.sinks
         self.running = ex
+        recorded = ex.status == "running"  # queued onto a free kernel: already recorded as running
         ex.status = "running"
         loop = asyncio.get_running_loop()
         idle: asyncio.Future[None] = loop.create_future()
@@ -299,9 +302,9 @@ class KernelRunner:
              "allow_stdin": False, "stop_on_error": False},
             on_iopub=on_iopub,
         )
-        # the kernel is already at work: record that while it runs
-        room.writer.update_execution(ex.id, status="running", kernel={"activity": "busy"})
-        room.schedule_flush(PROGRESS_DELAY)
+        if not recorded:  # the kernel is already at work: record that while it runs
+            room.writer.update_execution(ex.id, status="running", kernel={"activity": "busy"})
+            room.schedule_flush(PROGRESS_DELAY)
         msg_id = None
         try:
             assert process.exited is not None

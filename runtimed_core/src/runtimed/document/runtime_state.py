@@ -66,16 +66,22 @@ class RuntimeStateWriter:
                 _put_scalar(tx, self.kernel, key, value)
 
     # executions -------------------------------------------------------------------------------
-    def add_execution(self, execution_id: str, cell_id: str, source: str) -> None:
-        """A queued execution. Fields not yet known are left absent (they read as None)."""
+    def add_execution(self, execution_id: str, cell_id: str, source: str, *, running: bool = False
+                      ) -> None:
+        """A new execution, queued, or (``running``: the kernel is free) running at once, the
+        kernel busy, in the same change. Fields not yet known are left absent (read as None)."""
         with self.replica.change() as tx:
             ex = tx.put_object(self.executions, execution_id, Map)
             tx.put(ex, "cell_id", Str, cell_id)
-            tx.put(ex, "status", Str, "queued")
+            tx.put(ex, "status", Str, "running" if running else "queued")
             tx.put(ex, "source", Str, source)
             outputs = tx.put_object(ex, "outputs", List)
-            tx.insert(self.queue, len(self._queued), Str, execution_id)
-        self._queued.append(execution_id)
+            if running:
+                tx.put(self.kernel, "activity", Str, "busy")
+            else:
+                tx.insert(self.queue, len(self._queued), Str, execution_id)
+        if not running:
+            self._queued.append(execution_id)
         self._exec_objs[execution_id] = (ex, outputs)
 
     def _dequeue(self, tx: Any, execution_id: str) -> None:
