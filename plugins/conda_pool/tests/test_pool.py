@@ -26,11 +26,17 @@ import yaml
 
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvRequest, PoolStatus, PreparedEnv, no_progress
+from runtimed.testing import ProgressRecorder as Recorder
+from runtimed.testing import wait_for as _wait_for
 from runtimed_conda_pool import CondaPool
 from runtimed_conda_pool.hooks import runtimed_env_pools
 from runtimed_conda_pool.lockfile import _conda_lock, read_lock
 from runtimed_conda_pool.pool import POOL_LOCK
 from runtimed_conda_pool.testing import HELLO, LocalChannel, make_wheel
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    await _wait_for(predicate, timeout, interval=0.02)
 
 PREWARMED = EnvRequest(env_source="conda:prewarmed", notebook_id="nb-1")
 MakePool = Callable[..., CondaPool]
@@ -47,14 +53,6 @@ def inline_request(
     )
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
-    """Poll ``predicate`` (tests only; the pool itself never polls)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for the pool"
-        await asyncio.sleep(0.02)
-
-
 def ready_dirs(pool: CondaPool) -> list[Path]:
     return sorted(p for p in pool.envs_dir.glob("conda-prewarmed-*") if (p / ".warmed").exists())
 
@@ -65,20 +63,6 @@ def on_disk(pool: CondaPool) -> list[str]:
 
 def marker(path: Path) -> dict[str, object]:
     return json.loads((path / ".warmed").read_text())
-
-
-class Recorder:
-    """A Progress that remembers what it was told."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def __call__(self, phase: str, message: str) -> None:
-        self.events.append((phase, message))
-
-    @property
-    def messages(self) -> list[str]:
-        return [message for _, message in self.events]
 
 
 def run_in(env: PreparedEnv | Path, code: str) -> str:

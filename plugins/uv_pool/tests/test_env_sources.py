@@ -7,13 +7,12 @@ env built per session), so a test only pays for what it is about.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ import pytest
 from runtimed.config import DaemonConfig
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvRequest, PreparedEnv, no_progress
+from runtimed.testing import ProgressRecorder as Recorder
+from runtimed.testing import running, wait_for
 from runtimed_uv_pool import UvPool, project, specs
 
 MISSING = "runtimed-no-such-package-xyz"
@@ -48,36 +49,6 @@ def metadata(deps: Any, **extra: Any) -> dict[str, Any]:
 
 def inline(notebook_id: str, *deps: str, **extra: Any) -> EnvRequest:
     return EnvRequest("uv:inline", notebook_id, metadata=metadata(list(deps), **extra))
-
-
-@contextlib.asynccontextmanager
-async def running(pool: UvPool) -> AsyncIterator[UvPool]:
-    await pool.start()
-    try:
-        yield pool
-    finally:
-        await pool.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
-class Recorder:
-    """A Progress that remembers what it was told."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def __call__(self, phase: str, message: str) -> None:
-        self.events.append((phase, message))
-
-    @property
-    def messages(self) -> list[str]:
-        return [message for _, message in self.events]
 
 
 async def run_in_env(env: PreparedEnv, code: str) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import json
 import logging
@@ -14,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,8 @@ from runtimed import procs
 from runtimed.config import DaemonConfig
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvRequest, PoolStatus, PreparedEnv, no_progress
+from runtimed.testing import ProgressRecorder as Recorder
+from runtimed.testing import running, wait_for
 from runtimed_uv_pool import UvPool
 from runtimed_uv_pool.hooks import runtimed_env_pools
 
@@ -40,24 +40,6 @@ def make_pool(tmp_path: Path, size: int = 1, packages: list[str] | None = None) 
     return UvPool(config)
 
 
-@contextlib.asynccontextmanager
-async def running(pool: UvPool) -> AsyncIterator[UvPool]:
-    """Start ``pool`` and always stop it, so a failing assertion leaves no build behind."""
-    await pool.start()
-    try:
-        yield pool
-    finally:
-        await pool.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 90) -> None:
-    """Poll ``predicate`` (tests only; the pool itself never polls)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for the pool"
-        await asyncio.sleep(0.05)
-
-
 def ready_dirs(pool: UvPool) -> list[Path]:
     """Env dirs carrying a ``.warmed`` marker, as seen on disk."""
     return sorted(p for p in pool.envs_dir.glob("uv-prewarmed-*") if (p / ".warmed").exists())
@@ -65,16 +47,6 @@ def ready_dirs(pool: UvPool) -> list[Path]:
 
 def on_disk(pool: UvPool) -> list[str]:
     return sorted(p.name for p in pool.envs_dir.iterdir())
-
-
-class Recorder:
-    """A Progress that remembers what it was told."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def __call__(self, phase: str, message: str) -> None:
-        self.events.append((phase, message))
 
 
 async def run_in_env(env: PreparedEnv, code: str) -> str:
