@@ -130,15 +130,15 @@ class KernelProcess:
             remaining = deadline - asyncio.get_running_loop().time()
             done, _ = await asyncio.wait(waiters, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
             if self.exited.done():
-                self._forget(msg_id)
+                self.forget(msg_id)
                 raise KernelLaunchFailed(self._death_message("exited while starting"))
             if not done:
-                self._forget(msg_id)
+                self.forget(msg_id)
                 raise KernelLaunchFailed(self._death_message(f"did not answer within {READY_TIMEOUT:.0f} s"))
             self.language_info = reply.result()["content"].get("language_info", {})
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(iopub_seen.wait(), 0.25)
-            self._forget(msg_id)
+            self.forget(msg_id)
             if iopub_seen.is_set():
                 return
 
@@ -170,19 +170,16 @@ class KernelProcess:
             "code": code, "silent": True, "store_history": False, "user_expressions": {},
             "allow_stdin": False, "stop_on_error": False,
         }), timeout)
-        self._forget(reply["parent_header"].get("msg_id", ""))
+        self.forget(reply["parent_header"].get("msg_id", ""))
         content = reply["content"]
         if content.get("status") != "ok":
             raise KernelLaunchFailed(
                 f"Preparing the kernel failed: {content.get('ename')}: {content.get('evalue')}")
 
-    def _forget(self, msg_id: str) -> None:
-        self._replies.pop(msg_id, None)
-        self._iopub_handlers.pop(msg_id, None)
-
     def forget(self, msg_id: str) -> None:
         """Stop routing messages for a finished request."""
-        self._forget(msg_id)
+        self._replies.pop(msg_id, None)
+        self._iopub_handlers.pop(msg_id, None)
 
     async def _read(self, name: str) -> None:
         sock = self._sockets[name]

@@ -286,7 +286,7 @@ class Connection:
 
     def _handshake(self, payload: bytes) -> None:
         hs = parse_handshake(payload)
-        if hs.channel not in ("pool",) + ("notebook_sync",):
+        if hs.channel not in ("pool", "notebook_sync"):
             raise ProtocolError(f"Channel {hs.channel!r} is not supported by this daemon yet")
         self.channel = hs.channel
         if hs.channel in NOTEBOOK_CHANNELS:

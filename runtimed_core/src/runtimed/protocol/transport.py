@@ -31,8 +31,6 @@ class FramedProtocol(asyncio.Protocol):
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
         self._closed = False
-        self._can_write = asyncio.Event()
-        self._can_write.set()
         #: Set by a server: the payload of a last frame that explains a protocol error.
         self.error_payload: Callable[[ProtocolError], bytes] | None = None
 
@@ -61,14 +59,7 @@ class FramedProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._can_write.set()
         self._finish(exc)
-
-    def pause_writing(self) -> None:
-        self._can_write.clear()
-
-    def resume_writing(self) -> None:
-        self._can_write.set()
 
     # API ------------------------------------------------------------------------------
     @property
@@ -87,10 +78,6 @@ class FramedProtocol(asyncio.Protocol):
             self.transport.write(encode_frame(payloads[0]))
         else:
             self.transport.write(b"".join(encode_frame(p) for p in payloads))
-
-    async def drain(self) -> None:
-        """Wait until the kernel socket buffer has room (flow control for big senders)."""
-        await self._can_write.wait()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
