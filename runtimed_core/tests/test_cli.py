@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -43,16 +44,31 @@ def test_errors_are_one_line(tmp_path, monkeypatch):
 
 def test_flush_and_shutdown(runtimed_daemon_factory, tmp_path):
     daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1)
-    daemon.wait_for_pool(1)
-    before = {p.name for p in (daemon.cache_dir / "envs").iterdir()}
+
+    def envs() -> set[str]:
+        return {p.name for p in (daemon.cache_dir / "envs").iterdir() if p.name.startswith("uv-prewarmed-")}
+
+    def settled(old: set[str]) -> bool:
+        status = daemon.client().status()
+        return status["uv_available"] == 1 and status["hot_available"] == 1 and not envs() & old
+
+    _wait(lambda: settled(set()))
+    before = envs()  # the ready env and the hot kernel's env
+    assert len(before) == 2
     _cli(daemon, "flush")
-    daemon.wait_for_pool(1)
-    after = {p.name for p in (daemon.cache_dir / "envs").iterdir() if p.name.startswith("uv-prewarmed-")}
-    assert after and not (after & before)  # every ready env was rebuilt
+    _wait(lambda: settled(before))  # both rebuilt: the idle hot kernel was retired with its env
+    assert len(envs()) == 2
     assert "UV pool: 1/1 available" in daemon.log()
     _cli(daemon, "shutdown")
     assert daemon.process.wait(30) == 0
     assert not daemon.socket_path.exists()
+
+
+def _wait(predicate, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def test_exec_prints_outputs_and_exit_status(runtimed_daemon):

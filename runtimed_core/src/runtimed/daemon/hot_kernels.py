@@ -105,6 +105,12 @@ class HotKernels:
         await hot.process.kill()
         await hot.pool.release(hot.env)
 
+    async def flush(self) -> None:
+        """Retire the idle kernels (their environments were flushed) and refill from the new ones."""
+        while self._ready:
+            await self._discard(self._ready.popleft())
+        self._wanted.set()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -217,6 +217,7 @@ class Daemon:
         if kind == "flush_pool":
             for pool in self.pools.values():
                 await pool.flush()
+            await self.hot.flush()
             return None
         if kind == "shutdown":
             asyncio.get_running_loop().call_soon(self.stop)
