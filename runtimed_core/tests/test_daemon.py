@@ -13,8 +13,10 @@ import time
 import pytest
 
 import runtimed
-from runtimed.protocol.framing import PREAMBLE
-from runtimed.protocol.messages import encode_handshake
+from runtimed.document.replica import Replica, SyncState
+from runtimed.document.runtime_state import read_execution, read_kernel
+from runtimed.protocol.framing import PREAMBLE, FrameDecoder
+from runtimed.protocol.messages import STATE_SYNC, encode_handshake
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +127,56 @@ def test_corrupt_document_is_moved_aside(runtimed_daemon_factory, tmp_path):
     assert b"this is not automerge" in [p.read_bytes() for p in aside]  # ...and nothing dropped
     assert "moved it to" in daemon.log()
     s2.close()
+
+
+class _RawStateClient:
+    """A minimal protocol client that syncs only the runtime-state document, when told to."""
+
+    def __init__(self, daemon, notebook_id: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # falls behind quickly
+        self.sock.connect(str(daemon.socket_path))
+        self.sock.sendall(PREAMBLE + _frame(encode_handshake("notebook_sync", notebook_id=notebook_id)))
+        self.decoder, self.state, self.sync = FrameDecoder(expect_preamble=False), Replica(), SyncState()
+        self.sock.settimeout(5)
+
+    def pump(self, until) -> None:
+        """Read and answer the daemon's state sync messages until ``until(state)`` holds."""
+        while not until(self.state):
+            for payload in self.decoder.feed(self.sock.recv(1 << 20)):
+                if payload[:1] == bytes([STATE_SYNC]):
+                    self.state.receive(self.sync, payload[1:])
+            if (reply := self.state.generate(self.sync)) is not None:
+                self.sock.sendall(_frame(bytes([STATE_SYNC]) + reply))
+
+
+def test_a_peer_that_stops_reading_holds_up_no_one_and_catches_up(runtimed_daemon_factory, tmp_path):
+    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1)
+    s = daemon.session("shared")
+    s.start_kernel()
+    slow = _RawStateClient(daemon, "shared")
+    slow.pump(lambda state: read_kernel(state).get("lifecycle") == "running")  # in sync; now it stops reading
+    result = s.run("for i in range(50_000): print(f'{i:08d}' * 12)")  # ~5 MB of output
+    assert result.success and result.stdout.count("\n") == 50_000
+    assert s.run("6 * 7").outputs[0].data["text/plain"] == "42"
+    [room] = [r for r in daemon.client().list_rooms() if r["notebook_id"] == "shared"]
+    assert room["active_peers"] == 2  # not dropped: it gets what it lacks once it reads again
+
+    def done(state) -> bool:
+        ex = read_execution(state, result.execution_id)
+        return ex is not None and ex["status"] == "done"
+
+    slow.pump(done)
+    ex = read_execution(slow.state, result.execution_id)
+    assert "".join(o.get("text", "") for o in ex["outputs"]).count("\n") == 50_000
+    slow.sock.close()
+
+
+def _until(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_idle_room_is_evicted_after_keep_alive(runtimed_daemon_factory, tmp_path):

@@ -89,6 +89,7 @@ class Room:
             self._evict_timer.cancel()
             self._evict_timer = None
         peer = Peer(proto)
+        proto.on_drain = self.schedule_flush  # a peer that fell behind gets one catch-up message
         self.peers.append(peer)
         welcome = {
             "event": "welcome", "notebook_id": self.notebook_id,
@@ -154,8 +155,8 @@ class Room:
             self._doc_dirty = False
             self.store.record(self.doc)
         for peer in list(self.peers):
-            if peer.proto.closed:
-                continue
+            if peer.proto.closed or peer.proto.writing_paused:
+                continue  # a peer behind reading gets what it lacks when it drains, not a backlog
             try:
                 frames = peer.sync_frames(self.doc, self.state)
                 if frames:

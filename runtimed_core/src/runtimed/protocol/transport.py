@@ -33,6 +33,10 @@ class FramedProtocol(asyncio.Protocol):
         self._closed = False
         #: Set by a server: the payload of a last frame that explains a protocol error.
         self.error_payload: Callable[[ProtocolError], bytes] | None = None
+        #: True while the peer is behind reading (asyncio's write buffer above its high-water
+        #: mark); ``on_drain()`` runs when it has caught up.
+        self.writing_paused = False
+        self.on_drain: Callable[[], None] | None = None
 
     # asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,6 +64,14 @@ class FramedProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish(exc)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.on_drain is not None and not self._closed:
+            self.on_drain()
 
     # API ------------------------------------------------------------------------------
     @property
