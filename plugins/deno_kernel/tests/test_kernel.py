@@ -302,3 +302,24 @@ def test_no_usable_deno_fails_the_start_clearly(deno_daemon_factory, tmp_path):
         status = s.kernel_status()
         assert status["lifecycle"] == "error" and "Install Deno" in status["error"]
 
+
+
+def test_a_killed_daemons_deno_kernel_is_stopped_by_the_next_daemon(deno_daemon: DaemonProcess):
+    # Deno has no parent poller (Python kernels have JPY_PARENT_PID): the next daemon sweeps it.
+    s = deno_daemon.session("orphan")
+    s.start_kernel(kernel_type="deno")
+    pid = int(s.run("Deno.pid").outputs[0].data["text/plain"])
+    deno_daemon.kill()
+    time.sleep(1)
+    assert _running(pid), "the Deno kernel should outlive its killed daemon until swept"
+    deno_daemon.start()
+    wait_until(lambda: not _running(pid), "the orphaned Deno kernel to be killed")
+    s.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -64,6 +64,8 @@ class PreparedEnv:
     #: argv that runs the environment's interpreter, e.g. ``[prefix/bin/python]``.
     python: list[str]
     #: Environment variables the kernel needs in this env (e.g. a conda env's activation).
+    #: ``PATH``, if present, lists directories to put in front of the kernel's PATH
+    #: (``os.pathsep``-separated), not a whole PATH.
     env: dict[str, str] = field(default_factory=dict)
     #: Plugin-private data (the pool uses it in :meth:`EnvPool.release`).
     extra: dict[str, Any] = field(default_factory=dict)

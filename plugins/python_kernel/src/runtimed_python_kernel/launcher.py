@@ -9,6 +9,16 @@ from typing import ClassVar
 from runtimed.launchers import KernelLauncher, LaunchContext
 
 
+def is_venv(prefix: Path) -> bool:
+    """A virtual environment (``pyvenv.cfg``), not a conda prefix (``conda-meta/``)."""
+    return (prefix / "pyvenv.cfg").is_file() and not (prefix / "conda-meta").is_dir()
+
+
+def path_entries(path: str) -> list[str]:
+    """The non-empty entries of a PATH-like string."""
+    return [entry for entry in path.split(os.pathsep) if entry]
+
+
 class PythonKernelLauncher(KernelLauncher):
     """``<env python> -m ipykernel_launcher -f <connection file>``."""
 
@@ -27,12 +37,19 @@ class PythonKernelLauncher(KernelLauncher):
         env = dict(ctx.env)
         prepared = ctx.prepared_env
         if prepared is not None:
-            env.update(prepared.env)
-            env["VIRTUAL_ENV"] = str(prepared.prefix)
-            env["PATH"] = os.pathsep.join([str(prepared.prefix / "bin"), env.get("PATH", "")])
+            # prepared.env's PATH lists directories to put in front (a conda activation's).
+            activation = dict(prepared.env)
+            front = [str(prepared.prefix / "bin"), *path_entries(activation.pop("PATH", ""))]
+            env.update(activation)
+            if is_venv(prepared.prefix):
+                env["VIRTUAL_ENV"] = str(prepared.prefix)
+            else:  # e.g. a conda env: nor may the daemon's own venv leak in
+                env.pop("VIRTUAL_ENV", None)
+            env["PATH"] = os.pathsep.join([*dict.fromkeys(front), env.get("PATH", "")])
         # Never let the daemon's own interpreter settings leak into the kernel's.
         for var in ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE"):
             env.pop(var, None)
+        env["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits if the daemon is killed
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         env.setdefault("JPY_SESSION_NAME", ctx.notebook_id)
         return env

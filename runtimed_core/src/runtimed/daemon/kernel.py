@@ -91,6 +91,7 @@ class KernelProcess:
             try:
                 self.process = await self.launcher.launch(ctx)
                 log.debug("Launched %s kernel pid %d", self.launcher.kernel_type, self.process.pid)
+                self.connection_file.with_suffix(".pid").write_text(str(self.process.pid))
             except OSError as exc:
                 raise KernelLaunchFailed(
                     f"Could not start the {self.launcher.kernel_type} kernel: {exc}"
@@ -247,7 +248,8 @@ class KernelProcess:
                 fut.cancel()
         self._replies.clear()
         self._iopub_handlers.clear()
-        for path in (self.connection_file, self.stderr_path):
+        pid_file = self.connection_file.with_suffix(".pid") if self.connection_file else None
+        for path in (self.connection_file, self.stderr_path, pid_file):
             if path is not None:
                 with contextlib.suppress(OSError):
                     path.unlink()

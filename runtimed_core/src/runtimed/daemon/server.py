@@ -8,13 +8,12 @@ import fcntl
 import logging
 import os
 import signal
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from runtimed import envsource, paths
 from runtimed.config import DaemonConfig
+from runtimed.daemon import runtime_dir
 from runtimed.daemon.document_sink import DocumentSink
 from runtimed.daemon.hot_kernels import HotKernels
 from runtimed.daemon.room import Peer, Room
@@ -55,7 +54,7 @@ class Daemon:
         self.rooms: dict[str, Room] = {}
         self.default_family = config.default_family
         self.hot = HotKernels(self, config.hot_kernels, "python", f"{self.default_family}:prewarmed")
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="runtimed-kernels-"))
+        self.runtime_dir = runtime_dir.create()
         self._stopping: asyncio.Event | None = None
         self._lock_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -88,6 +87,7 @@ class Daemon:
         if not sock.parent.exists() or sock.parent == paths.cache_dir():
             paths.private_dir(sock.parent)
         self._acquire_lock()
+        await asyncio.to_thread(runtime_dir.sweep)  # kernels and files a killed daemon left
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
