@@ -12,9 +12,17 @@ import pytest
 
 from runtimed.errors import EnvironmentFailed
 from runtimed.pytest_plugin import DaemonProcess
-from runtimed_conda_pool.testing import LocalChannel, make_wheel
+from runtimed_conda_pool.testing import (
+    ACTIVATED_VAR,
+    ACTIVATION,
+    ENV_VARS_VALUE,
+    ENV_VARS_VAR,
+    LocalChannel,
+    make_wheel,
+)
 
 REPORT = "import sys, runtimed_test_hello as h; print(sys.prefix); print(h.__version__)"
+ENVIRON = "import json, os, sys; print(json.dumps([sys.prefix, dict(os.environ)]))"
 
 
 def kernel_report(session: Any, code: str = REPORT) -> list[str]:
@@ -48,6 +56,8 @@ def test_conda_kernels_through_a_real_daemon(
             )
             assert Path(prefix).parent == envs and Path(prefix).name.startswith("conda-prewarmed-")
             assert (Path(prefix) / "conda-meta").is_dir()
+            _, environ = json.loads(session.run(ENVIRON).stdout)
+            assert environ["CONDA_PREFIX"] == prefix and "VIRTUAL_ENV" not in environ
 
         # conda:inline through auto:conda, with the build's progress reaching the client.
         metadata = json.dumps({"conda": {"dependencies": ["runtimed-test-hello 1.*"]}})
@@ -126,3 +136,33 @@ def test_conda_kernels_through_a_real_daemon(
     except BaseException:
         print(daemon.log()[-30000:])  # pytest shows it with the failure
         raise
+
+
+@pytest.mark.slow
+def test_a_conda_kernel_runs_with_its_envs_activation(
+    runtimed_daemon_factory: Callable[..., DaemonProcess], conda_env: dict[str, str]
+) -> None:
+    daemon = runtimed_daemon_factory(
+        uv_pool_size=0, env=conda_env, extra_args=["--conda-pool-size", "0"]
+    )
+    try:
+        with daemon.session("activation") as session:
+            session.connect()
+            session.set_metadata("runt", json.dumps({"conda": {"dependencies": [ACTIVATION]}}))
+            session.start_kernel(env_source="conda:inline")
+            result = session.run(ENVIRON)
+            assert result.success, result.error
+            prefix, environ = json.loads(result.stdout)
+    except BaseException:
+        print(daemon.log()[-30000:])  # pytest shows it with the failure
+        raise
+    assert Path(prefix).name.startswith("conda-inline-")
+    assert environ["CONDA_PREFIX"] == prefix
+    assert environ["CONDA_DEFAULT_ENV"] == prefix and environ["CONDA_SHLVL"] == "1"
+    assert environ[ACTIVATED_VAR] == f"{prefix}/share/{ACTIVATION}", "from its activate.d script"
+    assert environ[ENV_VARS_VAR] == ENV_VARS_VALUE, "from its env_vars.d file"
+    assert "VIRTUAL_ENV" not in environ, "a conda env is no venv (and the daemon's must not leak)"
+    path = environ["PATH"].split(":")
+    assert path[:2] == [f"{prefix}/bin", f"{prefix}/share/{ACTIVATION}/bin"]
+    assert path.count(f"{prefix}/bin") == 1
+    assert path[2:] == daemon.env["PATH"].split(":"), "then the daemon's PATH"

@@ -29,10 +29,19 @@ from runtimed.pools import EnvRequest, PoolStatus, PreparedEnv, no_progress
 from runtimed.testing import ProgressRecorder as Recorder
 from runtimed.testing import wait_for as _wait_for
 from runtimed_conda_pool import CondaPool
+from runtimed_conda_pool.activation import ACTIVATION_NAME
 from runtimed_conda_pool.hooks import runtimed_env_pools
 from runtimed_conda_pool.lockfile import _conda_lock, read_lock
 from runtimed_conda_pool.pool import POOL_LOCK
-from runtimed_conda_pool.testing import HELLO, LocalChannel, make_wheel
+from runtimed_conda_pool.testing import (
+    ACTIVATED_VAR,
+    ACTIVATION,
+    ENV_VARS_VAR,
+    ENV_VARS_VALUE,
+    HELLO,
+    LocalChannel,
+    make_wheel,
+)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
@@ -141,6 +150,7 @@ def test_pool_fills_hands_out_and_replenishes_from_its_lock_without_solving(
         assert first.env_source == "conda:prewarmed"
         assert first.prefix == first_dir
         assert first.python == [str(first_dir / "bin" / "python")]
+        assert first.env["CONDA_PREFIX"] == str(first_dir), "built elsewhere, moved with the env"
         assert pool.status() == PoolStatus(available=0, warming=1, target=1), (
             "taking starts a replacement"
         )
@@ -364,6 +374,36 @@ def test_inline_envs_are_built_once_and_reused(make_pool: MakePool) -> None:
     assert hello_version(reused) == "1.0.0"
     assert other.prefix != a.prefix and hello_version(other) == "2.0.0"
     assert pool.builder.solves == 2
+
+
+@pytest.mark.slow
+def test_envs_record_their_activation_and_hand_it_out(make_pool: MakePool) -> None:
+    pool = make_pool(size=0)
+    request = inline_request([ACTIVATION])
+
+    async def scenario() -> tuple[PreparedEnv, PreparedEnv]:
+        await pool.start()
+        built = await pool.acquire(request, no_progress)
+        # An env built before activations were recorded: computed (and stored) on acquire.
+        (built.prefix / ACTIVATION_NAME).unlink()
+        reused = await pool.acquire(request, no_progress)
+        await pool.stop()
+        return built, reused
+
+    built, reused = asyncio.run(scenario())
+    prefix = built.prefix
+    assert prefix.name.startswith("conda-inline-"), "built in conda-building-*, then renamed"
+    share = prefix / "share" / ACTIVATION
+    assert built.env == {
+        "CONDA_PREFIX": str(prefix),
+        "CONDA_DEFAULT_ENV": str(prefix),
+        "CONDA_SHLVL": "1",
+        ACTIVATED_VAR: str(share),
+        ENV_VARS_VAR: ENV_VARS_VALUE,
+        "PATH": f"{share / 'bin'}:{prefix / 'bin'}",
+    }
+    assert reused.extra["reused"] is True and reused.env == built.env
+    assert (prefix / ACTIVATION_NAME).is_file(), "stored again"
 
 
 @pytest.mark.slow

@@ -14,8 +14,11 @@ The daemon finds this plugin through the ``runtimed`` entry point
 
 Every env records its exact solve as ``conda-lock.yml`` (conda-lock's format)
 and can be rebuilt from one without solving; a ``conda-lock.yml`` next to the
-notebook is honoured. Channels come from ``RUNTIMED_CONDA_CHANNELS``
-(comma-separated, default ``conda-forge``). :mod:`runtimed_conda_pool.testing`
+notebook is honoured. Kernels run with the env's activation variables
+(``CONDA_PREFIX``, ``etc/conda/env_vars.d``, ``etc/conda/activate.d`` scripts...:
+:mod:`runtimed_conda_pool.activation`), as if ``conda activate`` had run.
+Channels come from ``RUNTIMED_CONDA_CHANNELS`` (comma-separated, default
+``conda-forge``). :mod:`runtimed_conda_pool.testing`
 builds a small local ``file://`` channel for offline tests.
 """
 

@@ -1,4 +1,5 @@
-"""Building one conda env in-process with rattler: fetch repodata, solve, install, pip, lock, warm.
+"""Building one conda env in-process with rattler: fetch repodata, solve, install, pip, lock,
+activation, warm.
 
 :meth:`Builder.build` is the whole recipe for every kind of env (pool,
 inline, environment.yml, pixi.toml, lock file); callers decide only the
@@ -28,6 +29,7 @@ from urllib.parse import unquote, urlparse
 from runtimed import procs
 from runtimed.pools import Progress
 from runtimed.prewarm import BuildFailed
+from runtimed_conda_pool.activation import record_activation
 from runtimed_conda_pool.lockfile import LOCK_NAME, Locked, PipLocked, write_lock
 from runtimed_conda_pool.specs import KERNEL_PACKAGES, EnvSpec, spec_name
 
@@ -78,7 +80,8 @@ class Builder:
         """Build ``spec`` into ``dest`` (which must not exist); from ``locked`` without solving.
 
         A lock that lacks the kernel packages is honoured too: its packages are
-        pinned and only ipykernel/ipywidgets are solved around them.
+        pinned and only ipykernel/ipywidgets are solved around them. The env's
+        activation variables are recorded in it (:mod:`runtimed_conda_pool.activation`).
         """
         started = time.monotonic()
         solved = True
@@ -131,6 +134,8 @@ class Builder:
             sources=sources,
             pip=pip,
         )
+        progress(PHASE, "Running the activation scripts")
+        await record_activation(dest, self.log)
         await self.warm_up(dest, progress)
         self.log.debug("built %s env in %s in %.1f s", spec.kind, dest, time.monotonic() - started)
         return BuildResult(packages=len(records), solved=solved, pip=pip)

@@ -8,7 +8,14 @@ there is no conda binary. Layout under ``config.cache_dir / "conda-envs"``::
     conda-<kind>-<key>/          a cached env (kind: inline, env_yml, pixi, lock)
     prewarmed.conda-lock.yml     the pool's last solve: replenishing installs from it, no solve
 
-Every env directory holds ``conda-lock.yml``, its exact solve. Channels come
+Every env directory holds ``conda-lock.yml``, its exact solve, and
+``.activation.json``, its activation variables. Kernels get the env's
+activation, as if ``conda activate`` had run: ``CONDA_PREFIX``,
+``CONDA_DEFAULT_ENV``, ``CONDA_SHLVL``, the variables of
+``etc/conda/env_vars.d`` and ``conda-meta/state``, what the packages'
+``etc/conda/activate.d`` scripts set, and the env's directories in front of
+PATH (:mod:`runtimed_conda_pool.activation`; computed once per env, so handing
+an env out stays instant). Channels come
 from ``RUNTIMED_CONDA_CHANNELS`` (comma-separated, default ``conda-forge``);
 rattler's repodata and package caches live in ``$RATTLER_CACHE_DIR`` if set
 (shared with pixi), else ``config.cache_dir / "rattler"``.
@@ -40,6 +47,7 @@ from runtimed.envsource import find_project_file
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvPool, EnvRequest, PoolStatus, PreparedEnv, Progress
 from runtimed.prewarm import BuildFailed, Prewarmer
+from runtimed_conda_pool.activation import activation_env
 from runtimed_conda_pool.build import Builder
 from runtimed_conda_pool.cache import EnvCache
 from runtimed_conda_pool.lockfile import KEY_FIELD, LOCK_NAME, Locked, LockError, read_lock
@@ -152,6 +160,7 @@ class CondaPool(EnvPool):
                 env_source=source,
                 prefix=env.path,
                 python=[str(python)],
+                env=await activation_env(env.path, log),
                 extra={"kind": "prewarmed", "created": env.created},
             )
         try:
@@ -171,6 +180,7 @@ class CondaPool(EnvPool):
             env_source=source,
             prefix=path,
             python=[str(path / "bin" / "python")],
+            env=await activation_env(path, log),
             extra={"kind": spec.kind, "key": spec.key, "reused": reused},
         )
 

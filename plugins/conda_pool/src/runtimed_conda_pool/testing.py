@@ -27,6 +27,13 @@ ipykernel, ipywidgets and their dependencies
     A tiny ``noarch: python`` package (module ``runtimed_test_hello``, console
     script ``runtimed-test-hello``) to declare as an inline, environment.yml or
     pixi dependency; two versions so tests can tell a pinned solve from a fresh one.
+``runtimed-test-activation`` 1.0.0
+    A ``noarch: generic`` package with activation files, as gdal or proj ship them:
+    ``etc/conda/activate.d/runtimed-test-activation.sh`` exports
+    ``RUNTIMED_TEST_ACTIVATED=$CONDA_PREFIX/share/runtimed-test-activation`` and puts
+    ``$CONDA_PREFIX/share/runtimed-test-activation/bin`` in front of PATH;
+    ``etc/conda/env_vars.d/runtimed-test-activation.json`` sets
+    ``RUNTIMED_TEST_ENV_VAR=from env_vars.d``.
 
 :func:`make_wheel` writes a tiny wheel, for ``pip:`` sections that must work offline.
 
@@ -63,6 +70,10 @@ REQUIREMENTS = ("ipykernel", "ipywidgets", "pip")
 #: The tiny package tests declare as a dependency.
 HELLO = "runtimed-test-hello"
 HELLO_VERSIONS = ("1.0.0", "2.0.0")
+#: The package with activation scripts, and the variables it sets.
+ACTIVATION = "runtimed-test-activation"
+ACTIVATED_VAR = "RUNTIMED_TEST_ACTIVATED"
+ENV_VARS_VAR, ENV_VARS_VALUE = "RUNTIMED_TEST_ENV_VAR", "from env_vars.d"
 #: conda's prefix placeholder, replaced by the real prefix at link time.
 PREFIX_PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"
 
@@ -177,6 +188,7 @@ def build_local_channel(
         wheel_to_conda(wheel, dest, info)
     for version in HELLO_VERSIONS:
         hello_package(dest / "noarch", version)
+    activation_package(dest / "noarch")
     _index(dest)
     shutil.rmtree(dest / ".wheels", ignore_errors=True)
     return _load(dest, info)
@@ -497,6 +509,35 @@ def hello_package(noarch_dir: Path, version: str) -> Path:
         "package_metadata_version": 1,
     }
     return _write_package(noarch_dir, index, files, link=link)
+
+
+def activation_package(noarch_dir: Path) -> Path:
+    """``runtimed-test-activation 1.0.0``: an ``activate.d`` script and an ``env_vars.d`` file."""
+    share = f"$CONDA_PREFIX/share/{ACTIVATION}"
+    script = (
+        "# The runtimed conda test channel's activation script.\n"
+        f'export {ACTIVATED_VAR}="{share}"\n'
+        f'export PATH="{share}/bin:$PATH"\n'
+    )
+    files: dict[str, bytes | tuple[str, str]] = {
+        f"etc/conda/activate.d/{ACTIVATION}.sh": script.encode(),
+        f"etc/conda/env_vars.d/{ACTIVATION}.json": json.dumps(
+            {ENV_VARS_VAR: ENV_VARS_VALUE}
+        ).encode(),
+        f"share/{ACTIVATION}/README": b"Installed by the runtimed conda test channel.\n",
+    }
+    index = {
+        "name": ACTIVATION,
+        "version": "1.0.0",
+        "build": "h_0",
+        "build_number": 0,
+        "depends": [],
+        "noarch": "generic",
+        "subdir": "noarch",
+        "timestamp": int(time.time() * 1000),
+        "license": "BSD-3-Clause",
+    }
+    return _write_package(noarch_dir, index, files)
 
 
 def _write_package(
