@@ -68,7 +68,8 @@ class Activation:
     env: dict[str, str]
     #: Directories the activation put in front of PATH, first first.
     path: list[str] = field(default_factory=list)
-    #: Why only the basic variables are here (a failed activation script), else None.
+    #: What went wrong running the activation scripts (a script that returned non-zero:
+    #: the variables are kept; one that ended the shell: only the basic ones), else None.
     warning: str | None = None
 
     def moved_to(self, prefix: Path) -> Activation:
@@ -143,8 +144,10 @@ def basic_activation(prefix: Path, warning: str | None = None) -> Activation:
 async def compute_activation(prefix: Path, *, timeout: float = TIMEOUT) -> Activation:
     """Run the activation of ``prefix`` once with bash and return what it changed.
 
-    Raises :class:`ActivationFailed` naming the activation script that failed
-    (or ended the shell), with the tail of its error output.
+    A script that returns a non-zero status is named in :attr:`Activation.warning`
+    (what the scripts set is kept, as conda does). Raises :class:`ActivationFailed`
+    naming the script that ended the shell (``exit``, ``exec``) or hung, with the
+    tail of its error output.
     """
     bash = shutil.which("bash")
     if bash is None:
@@ -169,14 +172,15 @@ async def compute_activation(prefix: Path, *, timeout: float = TIMEOUT) -> Activ
         if not dump.is_file():  # a script exec'ed something, which exited 0
             raise _failure(prefix, events, "ended the shell", stderr)
         failed = [(path, status) for path, status in _read_events(events)[0] if status != 0]
-        if failed:
-            path, status = failed[0]
-            raise ActivationFailed(
-                f"the activation script {_name(path, prefix)} failed (exit status {status})"
-                + _tail(stderr)
-            )
         after = _parse_env(dump.read_bytes())
-    return _diff(prefix, base, after)
+    activation = _diff(prefix, base, after)
+    if failed:  # like conda: a script's status does not undo what it and the others set
+        path, status = failed[0]
+        activation.warning = (
+            f"the activation script {_name(path, prefix)} returned exit status {status}"
+            + _tail(stderr)
+        )
+    return activation
 
 
 def _failure(prefix: Path, events: Path, what: str, stderr: str) -> ActivationFailed:
@@ -317,7 +321,7 @@ async def activate(prefix: Path, log: logging.Logger) -> Activation:
     :attr:`Activation.warning`): the env stays usable.
     """
     try:
-        return await compute_activation(prefix)
+        activation = await compute_activation(prefix)
     except ActivationFailed as exc:
         log.warning(
             "Conda env %s: its kernels get only CONDA_PREFIX, CONDA_DEFAULT_ENV, CONDA_SHLVL "
@@ -326,6 +330,9 @@ async def activate(prefix: Path, log: logging.Logger) -> Activation:
             exc.message,
         )
         return basic_activation(prefix, warning=exc.message)
+    if activation.warning is not None:
+        log.warning("Conda env %s: %s", prefix.name, activation.warning)
+    return activation
 
 
 async def record_activation(prefix: Path, log: logging.Logger) -> Activation:

@@ -35,6 +35,9 @@ class PythonKernelLauncher(KernelLauncher):
 
     def environment(self, ctx: LaunchContext) -> dict[str, str]:
         env = dict(ctx.env)
+        # Never let the daemon's own interpreter settings leak into the kernel's.
+        for var in ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE"):
+            env.pop(var, None)
         prepared = ctx.prepared_env
         if prepared is not None:
             # prepared.env's PATH lists directories to put in front (a conda activation's).
@@ -46,9 +49,6 @@ class PythonKernelLauncher(KernelLauncher):
             else:  # e.g. a conda env: nor may the daemon's own venv leak in
                 env.pop("VIRTUAL_ENV", None)
             env["PATH"] = os.pathsep.join([*dict.fromkeys(front), env.get("PATH", "")])
-        # Never let the daemon's own interpreter settings leak into the kernel's.
-        for var in ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE"):
-            env.pop(var, None)
         env["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits if the daemon is killed
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         env.setdefault("JPY_SESSION_NAME", ctx.notebook_id)
