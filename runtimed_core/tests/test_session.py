@@ -293,3 +293,34 @@ def test_hot_kernel_claim_moves_to_the_notebook_directory(runtimed_daemon_factor
     assert s2.run("import os; print(os.getpid())").stdout != s.run("import os; print(os.getpid())").stdout
     s2.__exit__(None, None, None)
     s.__exit__(None, None, None)
+
+
+def test_runtime_state_is_renewed_without_losing_anything(runtimed_daemon_factory, tmp_path):
+    # A tiny history limit: the runtime-state document is started afresh every few runs,
+    # also in the middle of a cell's streaming output.
+    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1,
+                                     env={"RUNTIMED_STATE_HISTORY_LIMIT": "25"})
+    a, b = daemon.session("renewed"), daemon.session("renewed")
+    a.start_kernel()
+    b.connect()
+    for i in range(30):
+        assert a.run(f"print({i})").stdout == f"{i}\n"
+    streamed = a.run("import time\nfor i in range(300):\n    print(i, flush=True)\n    time.sleep(0.002)")
+    assert streamed.stdout == "".join(f"{i}\n" for i in range(300))
+    assert daemon.log().count("runtime-state document renewed") >= 5
+    expected = [f"{i}\n" for i in range(30)] + [streamed.stdout]
+
+    def stdout_of_cells(session) -> list[str]:
+        return ["".join(o.text or "" for o in c.outputs) for c in session.get_cells()]
+
+    deadline = time.monotonic() + 10
+    while stdout_of_cells(b) != expected:  # connected throughout
+        assert time.monotonic() < deadline, stdout_of_cells(b)
+        time.sleep(0.05)
+    late = daemon.session("renewed")
+    late.connect()
+    assert stdout_of_cells(late) == expected
+    assert b.run("6 * 7").outputs[0].data["text/plain"] == "42"
+    assert a.kernel_status()["lifecycle"] == "running"
+    for s in (a, b, late):
+        s.close()

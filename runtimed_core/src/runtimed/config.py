@@ -59,6 +59,11 @@ class DaemonConfig:
     #: The env family ``auto`` and ``prewarmed`` fall back to (``uv`` or ``conda``).
     default_family: str = field(default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_FAMILY", "uv"))
     log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))
+    #: Changes to a room's runtime-state document after which it is started afresh (same
+    #: content, no history): Automerge's cost to apply a change grows with the history.
+    state_history_limit: int = field(
+        default_factory=lambda: _env_int("RUNTIMED_STATE_HISTORY_LIMIT", 1000)
+    )
 
     def pool_size(self, family: str) -> int:
         """The configured number of ready environments for an env family (``uv``, ``conda``...)."""

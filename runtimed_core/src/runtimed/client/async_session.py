@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,9 @@ class AsyncSession:
         self._socket_path = Path(socket_path) if socket_path else None
         self.doc: Replica = notebook.new_replica()
         self.state: Replica = Replica()
+        #: Runtime-state replicas the daemon's last ``state_reset`` broadcasts replaced: heads
+        #: it reported before a reset are found there (their content is in the new document).
+        self._retired_states: deque[Replica] = deque(maxlen=4)
         self._channel: Channel | None = None
         self._doc_sync = SyncState()
         self._state_sync = SyncState()
@@ -99,6 +104,7 @@ class AsyncSession:
         self._doc_sync = SyncState()
         self._state_sync = SyncState()
         self.state = Replica()  # the daemon's runtime state is authoritative; start clean
+        self._retired_states.clear()
         welcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._welcome = welcome
         channel = Channel(typed_frames=True, on_frame=self._on_frame, on_close=self._on_close)
@@ -108,8 +114,9 @@ class AsyncSession:
             hello = await asyncio.wait_for(asyncio.shield(welcome), CONNECT_TIMEOUT)
             self._reply_scheduled = True  # start the sync (our edits made while offline included)
             self._send_sync()
-            await self._wait_heads(self.doc, hello["notebook_heads"], CONNECT_TIMEOUT)
-            await self._wait_heads(self.state, hello["state_heads"], CONNECT_TIMEOUT)
+            deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT
+            await self._wait_heads(self.doc.has_heads, hello["notebook_heads"], deadline)
+            await self._wait_heads(self._state_has, hello["state_heads"], deadline)
         except asyncio.TimeoutError:
             channel.close()
             raise DaemonUnavailable("The runtimed daemon did not complete the handshake") from None
@@ -136,7 +143,14 @@ class AsyncSession:
             event = loads(body, "broadcast")
             if event.get("event") == "welcome" and not self._welcome.done():
                 self._welcome.set_result(event)
-            return
+                return
+            if event.get("event") != "state_reset":
+                return
+            # The daemon started the runtime-state document afresh: take it whole.
+            self._retired_states.append(self.state)
+            self.state = Replica.load(base64.b64decode(event["state"]))
+            self._state_sync = SyncState()
+            moved = True
         else:
             return
         if not self._reply_scheduled:  # one reply per loop iteration, however many messages came
@@ -181,23 +195,33 @@ class AsyncSession:
         if frames:
             channel.send(*frames)
 
-    async def _wait_heads(self, replica: Replica, hex_heads: list[str], timeout: float) -> None:
+    def _state_has(self, heads: list[bytes]) -> bool:
+        return any(r.has_heads(heads) for r in (self.state, *self._retired_states))
+
+    async def _wait_heads(self, has: Callable[[list[bytes]], bool], hex_heads: list[str],
+                          deadline: float) -> None:
+        """Wait until ``has(heads)``: a replica holds ``hex_heads``."""
         heads = [bytes.fromhex(h) for h in hex_heads]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not replica.has_heads(heads):
+        while not has(heads):
             if not self._connected():
                 raise DaemonUnavailable("Lost the connection to the runtimed daemon while syncing")
             if self._moved is None or self._moved.done():
                 self._moved = loop.create_future()
             await asyncio.wait_for(asyncio.shield(self._moved), max(deadline - loop.time(), 0))
 
-    async def _request(self, kind: str, **fields: Any) -> Any:
-        """A request on the notebook connection, sent in one write with any pending edits."""
+    async def _request(self, kind: str, *, timeout: float | None = None, **fields: Any) -> Any:
+        """A request on the notebook connection, sent at once, in one write with any pending
+        edits; its result (asyncio.TimeoutError after ``timeout`` seconds)."""
         channel = await self._ensure()
         self._reply_scheduled = False
-        return await channel.request(kind, required_heads=_hex(self.doc.heads),
-                                     _before=self._sync_frames(), **fields)
+        fut = channel.request_nowait(kind, _before=self._sync_frames(),
+                                     required_heads=_hex(self.doc.heads), **fields)
+        try:  # wait_for on a future (not a coroutine) runs no extra task: no loop iteration lost
+            return await (fut if timeout is None else asyncio.wait_for(fut, timeout))
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     def _edited(self) -> None:
         """A local edit: sent at the end of this loop iteration (with a request, if one follows;
@@ -226,10 +250,13 @@ class AsyncSession:
         finally:
             self._progress_listener = None
 
-    async def _sync_state(self, result: dict[str, Any]) -> None:
-        """Make sure the replicas hold what the daemon had when it answered."""
-        await self._wait_heads(self.state, result.get("state_heads", []), CONNECT_TIMEOUT)
-        await self._wait_heads(self.doc, result.get("notebook_heads", []), CONNECT_TIMEOUT)
+    async def _sync_state(self, result: dict[str, Any], deadline: float | None = None) -> None:
+        """Make sure the replicas hold what the daemon had when it answered (by ``deadline``,
+        a loop time, if given; else within ``CONNECT_TIMEOUT``: asyncio.TimeoutError)."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT
+        await self._wait_heads(self._state_has, result.get("state_heads", []), deadline)
+        await self._wait_heads(self.doc.has_heads, result.get("notebook_heads", []), deadline)
 
     async def interrupt(self) -> None:
         """Interrupt the running cell and cancel the queued ones; returns once the cell ended.
@@ -310,7 +337,7 @@ class AsyncSession:
         and :class:`KernelDied` if the kernel died while running it.
         """
         try:
-            result = await asyncio.wait_for(self._execute_request(cell_id, wait=True), timeout_secs)
+            result = await self._execute_request(cell_id, wait=True, timeout=timeout_secs)
         except asyncio.TimeoutError:
             raise ExecutionTimeout(f"Execution timed out after {timeout_secs:g} seconds",
                                    cell_id=cell_id, notebook_id=self._notebook_id) from None
@@ -322,11 +349,14 @@ class AsyncSession:
                              notebook_id=self._notebook_id)
         return ExecutionResult.from_record(record)
 
-    async def _execute_request(self, cell_id: str, *, wait: bool) -> dict[str, Any]:
+    async def _execute_request(self, cell_id: str, *, wait: bool, timeout: float | None = None
+                               ) -> dict[str, Any]:
         if self._ever_connected or self._connected():
-            notebook.read_cell(self.doc, cell_id)  # CellNotFound early, without a round trip
-        result = await self._request("execute_cell", cell_id=cell_id, wait=wait, auto_start=True)
-        await self._sync_state(result)
+            notebook.check_cell(self.doc, cell_id)  # CellNotFound early, without a round trip
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        result = await self._request("execute_cell", timeout=timeout, cell_id=cell_id, wait=wait,
+                                     auto_start=True)
+        await self._sync_state(result, deadline)
         return result
 
     async def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:

@@ -53,6 +53,11 @@ class Execution:
     failure: str | None = None
     execution_count: int | None = None
     ctx: ExecutionContext = field(init=False)
+    #: Whether the runtime-state document has this execution yet.
+    recorded: bool = False
+    #: Whether (and with which count) the notebook's cell already points at this execution.
+    annotated: bool = False
+    annotated_count: int | None = None
 
 
 class KernelRunner:
@@ -179,10 +184,13 @@ class KernelRunner:
             done=asyncio.get_running_loop().create_future(),
         )
         ex.ctx = ExecutionContext(room.notebook_id, ex.id, cell_id, room)
-        if self.running is None and not self.queue:  # the kernel is free: it runs next
+        if self.running is None and not self.queue:
+            # The kernel is free: the cell runs next, and is recorded (as running) only once
+            # its request is on the way to the kernel.
             ex.status = "running"
-        room.writer.add_execution(ex.id, cell_id, source, running=ex.status == "running")
-        room.schedule_flush(PROGRESS_DELAY)
+        else:
+            self._record(ex)
+            room.schedule_flush(PROGRESS_DELAY)
         self.queue.append(ex)
         self._active[cell_id] = ex
         self._wake.set()
@@ -227,6 +235,17 @@ class KernelRunner:
         self.running = None
         self.room.schedule_flush()
 
+    def _record(self, ex: Execution, *, running: bool = False) -> None:
+        self.room.writer.add_execution(ex.id, ex.cell_id, ex.source, running=running)
+        ex.recorded = True
+
+    def _annotate_cell(self, ex: Execution, delay: float = 0.0) -> None:
+        """One notebook change: the cell points at its latest execution and its count."""
+        room = self.room
+        notebook.set_execution(room.doc, ex.cell_id, execution_id=ex.id, execution_count=ex.execution_count)
+        ex.annotated, ex.annotated_count = True, ex.execution_count
+        room.doc_changed_locally(delay)
+
     def _finish(self, ex: Execution, *, status: str, error: str | None = None,
                 success: bool | None = None, failure: str | None = None,
                 kernel: dict[str, Any] | None = None) -> None:
@@ -240,13 +259,14 @@ class KernelRunner:
         ex.failure = failure
         self._active.pop(ex.cell_id, None)
         room = self.room
+        if not ex.recorded:  # ended before its request reached the kernel
+            self._record(ex)
         room.writer.update_execution(
             ex.id, kernel, status=status, success=ex.success, error=error, failure=failure,
             execution_count=ex.execution_count,
         )
-        # one notebook change per run: the cell points at its latest execution and its count
-        notebook.set_execution(room.doc, ex.cell_id, execution_id=ex.id, execution_count=ex.execution_count)
-        room.doc_changed_locally()
+        if not ex.annotated or ex.execution_count != ex.annotated_count:
+            self._annotate_cell(ex)
         for sink in room.daemon.sinks:
             sink.on_execution_finished(ex.ctx, ex.success)
         ex.done.set_result(None)
@@ -273,7 +293,6 @@ class KernelRunner:
         room = self.room
         sinks = room.daemon.sinks
         self.running = ex
-        recorded = ex.status == "running"  # queued onto a free kernel: already recorded as running
         ex.status = "running"
         loop = asyncio.get_running_loop()
         idle: asyncio.Future[None] = loop.create_future()
@@ -293,6 +312,7 @@ class KernelRunner:
                     idle.set_result(None)
             elif msg_type == "execute_input":
                 ex.execution_count = content.get("execution_count")
+                self._annotate_cell(ex, PROGRESS_DELAY)  # while the kernel works, not after
                 for sink in sinks:
                     sink.on_execution_started(ctx, ex.execution_count)
 
@@ -302,9 +322,12 @@ class KernelRunner:
              "allow_stdin": False, "stop_on_error": False},
             on_iopub=on_iopub,
         )
-        if not recorded:  # the kernel is already at work: record that while it runs
+        # the kernel is already at work: record that while it runs
+        if ex.recorded:  # as queued
             room.writer.update_execution(ex.id, status="running", kernel={"activity": "busy"})
-            room.schedule_flush(PROGRESS_DELAY)
+        else:
+            self._record(ex, running=True)
+        room.schedule_flush(PROGRESS_DELAY)
         msg_id = None
         try:
             assert process.exited is not None

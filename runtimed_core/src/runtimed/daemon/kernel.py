@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from runtimed.errors import KernelLaunchFailed, ProtocolError
 from runtimed.launchers import KernelLauncher, LaunchContext
 from runtimed.pools import PreparedEnv
@@ -31,16 +30,18 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
 INTERRUPT_REPLY_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 2.0
+#: Kernel messages handled per socket per event-loop turn.
+DRAIN_BATCH = 256
 
 IOPubHandler = Callable[[str, dict[str, Any]], None]
 
-_context: zmq.asyncio.Context | None = None
+_context: zmq.Context[zmq.Socket[bytes]] | None = None
 
 
-def _zmq_context() -> zmq.asyncio.Context:
+def _zmq_context() -> zmq.Context[zmq.Socket[bytes]]:
     global _context
     if _context is None:
-        _context = zmq.asyncio.Context()
+        _context = zmq.Context()
     return _context
 
 
@@ -62,7 +63,7 @@ class KernelProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.connection_file: Path | None = None
         self.stderr_path: Path | None = None
-        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_handlers: dict[str, IOPubHandler] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -116,8 +117,12 @@ class KernelProcess:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             sock.connect(url + str(info[f"{name}_port"]))
             self._sockets[name] = sock
-        for name in ("shell", "control", "iopub"):
-            self._tasks.append(asyncio.create_task(self._read(name)))
+        # Plain sockets read straight from the event loop (no task, no future per message):
+        # on each wake-up every message that is there is handled.
+        loop = asyncio.get_running_loop()
+        for name, sock in self._sockets.items():
+            loop.add_reader(sock.FD, self._drain, name)
+            loop.call_soon(self._drain, name)
 
     async def _wait_ready(self) -> None:
         """kernel_info until a reply *and* an IOPub message arrive (early outputs are not lost)."""
@@ -163,6 +168,8 @@ class KernelProcess:
         if on_iopub is not None:
             self._iopub_handlers[msg_id] = on_iopub
         self._sockets[channel].send_multipart(frames, copy=False)
+        # A send can consume the socket's readiness edge: look for replies once more.
+        asyncio.get_running_loop().call_soon(self._drain, channel)
         return fut
 
     async def run_silently(self, code: str, timeout: float = 10.0) -> None:
@@ -182,13 +189,19 @@ class KernelProcess:
         self._replies.pop(msg_id, None)
         self._iopub_handlers.pop(msg_id, None)
 
-    async def _read(self, name: str) -> None:
-        sock = self._sockets[name]
+    def _drain(self, name: str) -> None:
+        """Handle the messages waiting on socket ``name`` (ZMQ's FD is edge-triggered, so
+        until none is left; after a batch, the rest waits one loop turn: others get theirs)."""
         parse = self.codec.parse
-        while True:
+        for _ in range(DRAIN_BATCH):
+            sock = self._sockets.get(name)  # a handler may have killed the kernel
+            if sock is None:
+                return
             try:
-                parts = await sock.recv_multipart(copy=True)
-            except (zmq.ZMQError, asyncio.CancelledError):
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
                 return
             try:
                 msg = parse(parts)
@@ -204,6 +217,7 @@ class KernelProcess:
                 fut = self._replies.pop(parent, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
+        asyncio.get_running_loop().call_soon(self._drain, name)
 
     # control ----------------------------------------------------------------------------------
     async def interrupt(self) -> None:
@@ -240,7 +254,9 @@ class KernelProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        loop = asyncio.get_running_loop()
         for sock in self._sockets.values():
+            loop.remove_reader(sock.FD)
             sock.close(linger=0)
         self._sockets.clear()
         for fut in self._replies.values():

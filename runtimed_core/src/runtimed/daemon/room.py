@@ -10,6 +10,7 @@ for its ``required_heads``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -68,8 +69,7 @@ class Room:
         self.doc = self.store.load()
         notebook.set_notebook_id(self.doc, notebook_id)
         self.store.record(self.doc)
-        self.state = Replica()
-        self.writer = RuntimeStateWriter(self.state)
+        self.writer = RuntimeStateWriter(Replica())
         self.peers: list[Peer] = []
         self.runner: KernelRunner | None = None
         self._starting: asyncio.Task[dict[str, Any]] | None = None
@@ -79,9 +79,18 @@ class Room:
         #: Callbacks run once at the start of the next flush (batched document writes).
         self.before_flush: list[Callable[[], None]] = []
         self._doc_dirty = False
+        # Whether a flush has anything to do: a peer joined, drained or sent a sync message
+        # (it may need a reply), or a document changed since the last flush.
+        self._sync_wanted = False
+        self._synced_versions: tuple[int, int] = (-1, -1)
         self._doc_moved: asyncio.Future[None] | None = None
         self._evict_timer: asyncio.TimerHandle | None = None
         self.closed = False
+
+    @property
+    def state(self) -> Replica:
+        """The runtime-state document (replaced by :meth:`_renew_state` now and then)."""
+        return self.writer.replica
 
     # peers and sync -----------------------------------------------------------------------------
     def add_peer(self, proto: FramedProtocol) -> Peer:
@@ -89,7 +98,7 @@ class Room:
             self._evict_timer.cancel()
             self._evict_timer = None
         peer = Peer(proto)
-        proto.on_drain = self.schedule_flush  # a peer that fell behind gets one catch-up message
+        proto.on_drain = self._sync_soon  # a peer that fell behind gets one catch-up message
         self.peers.append(peer)
         welcome = {
             "event": "welcome", "notebook_id": self.notebook_id,
@@ -97,7 +106,7 @@ class Room:
             "state_heads": [h.hex() for h in self.state.heads],
         }
         peer.send(BROADCAST, dumps(welcome))
-        self.schedule_flush()
+        self._sync_soon()
         return peer
 
     def remove_peer(self, peer: Peer) -> None:
@@ -117,13 +126,17 @@ class Room:
             self._doc_dirty = True
             if self._doc_moved is not None and not self._doc_moved.done():
                 self._doc_moved.set_result(None)
-        self.schedule_flush()
+        self._sync_soon()
 
     def on_state_sync(self, peer: Peer, body: memoryview) -> None:
         try:
             self.state.receive(peer.state_sync, body)
         except Exception as exc:
             raise ProtocolError(f"Malformed runtime-state sync message: {exc}") from None
+        self._sync_soon()
+
+    def _sync_soon(self) -> None:
+        self._sync_wanted = True
         self.schedule_flush()
 
     def doc_changed_locally(self, delay: float = 0.0) -> None:
@@ -154,6 +167,12 @@ class Room:
         if self._doc_dirty:  # persisted before any peer (or response) can acknowledge it
             self._doc_dirty = False
             self.store.record(self.doc)
+        if self.state.version > self.daemon.config.state_history_limit:
+            self._renew_state()
+        versions = (self.doc.version, self.state.version)
+        if not self._sync_wanted and versions == self._synced_versions:
+            return  # nothing changed and nobody asked: every peer is as synced as it can be
+        self._sync_wanted, self._synced_versions = False, versions
         for peer in list(self.peers):
             if peer.proto.closed or peer.proto.writing_paused:
                 continue  # a peer behind reading gets what it lacks when it drains, not a backlog
@@ -164,6 +183,18 @@ class Room:
             except ProtocolError as exc:
                 log.warning("%s: dropping a peer: %s", self.notebook_id, exc)
                 peer.proto.abort(exc)
+
+    def _renew_state(self) -> None:
+        """Start the runtime-state document afresh (same content, no history); every peer
+        gets it whole, then syncs from there."""
+        self.writer = self.writer.renewed()
+        snapshot = base64.b64encode(self.state.save()).decode()
+        reset = dumps({"event": "state_reset", "state": snapshot})
+        for peer in self.peers:
+            peer.state_sync = SyncState()
+            peer.send(BROADCAST, reset)
+        self._sync_wanted = True
+        log.debug("%s: runtime-state document renewed (%d bytes)", self.notebook_id, len(snapshot))
 
     async def wait_for_heads(self, hex_heads: list[str]) -> None:
         """Wait (bounded) until the notebook document contains ``hex_heads``."""

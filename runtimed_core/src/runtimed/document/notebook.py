@@ -79,6 +79,11 @@ def _cell_obj(replica: Replica, cell_id: str) -> bytes:
     return cell
 
 
+def check_cell(replica: Replica, cell_id: str) -> None:
+    """Raise :class:`CellNotFound` unless the document has cell ``cell_id``."""
+    _cell_obj(replica, cell_id)
+
+
 def new_cell_id() -> str:
     return f"cell-{uuid.uuid4()}"
 
@@ -96,7 +101,7 @@ def cell_ids(replica: Replica) -> list[str]:
     cells = _cells_obj(replica)
     positions: dict[str, str] = cache[2] if cache is not None else {}
     keys = replica.keys(cells)
-    if cache is None or len(keys) != len(positions) or any(k not in positions for k in keys):
+    if cache is None or positions.keys() != set(keys):
         positions = {k: positions.get(k) or replica.get(replica.get_obj(cells, k), "position") or ""
                      for k in keys}
         order = [cid for _, cid in sorted((pos, cid) for cid, pos in positions.items())]

@@ -16,6 +16,11 @@ An output is a map: streams are ``output_type``, ``name`` and ``chunks`` (a list
 of strings whose concatenation is the text: appending is one operation per
 chunk, see :class:`runtimed.outputs.StreamChunks`); every other output is
 ``output_type`` and ``json`` (the nbformat output as a JSON string).
+
+Automerge keeps every change, and applying a sync message costs time in
+proportion to that history, so the daemon periodically starts the document
+afresh with the same content (:meth:`RuntimeStateWriter.renewed`) and sends
+every client the new document whole (the ``state_reset`` broadcast).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runtimed.document.replica import ROOT, F64, Bool, Int, List, Map, Null, Replica, Str
+from runtimed.document.replica import ROOT, F64, Bool, Int, List, Map, Null, Replica, Str, put_json
 
 LIFECYCLES = (
     "not_started", "resolving", "preparing_env", "launching", "connecting",
@@ -59,6 +64,28 @@ class RuntimeStateWriter:
             self.executions = tx.put_object(ROOT, "executions", Map)
         self._exec_objs: dict[str, tuple[bytes, bytes]] = {}  # eid -> (execution map, outputs list)
         self._queued: list[str] = []
+
+    def renewed(self) -> RuntimeStateWriter:
+        """A writer on a new document holding what this one's holds now, without its history."""
+        old = self.replica
+        new = RuntimeStateWriter(Replica())
+        with new.replica.change() as tx:
+            for key, value in old.to_py(self.kernel).items():
+                _put_scalar(tx, new.kernel, key, value)
+            for i, execution_id in enumerate(self._queued):
+                tx.insert(new.queue, i, Str, execution_id)
+            for execution_id, (ex, _) in self._exec_objs.items():
+                record = old.to_py(ex)
+                copy = tx.put_object(new.executions, execution_id, Map)
+                for key, value in record.items():
+                    if key != "outputs":
+                        _put_scalar(tx, copy, key, value)
+                outputs = tx.put_object(copy, "outputs", List)
+                for i, output in enumerate(record.get("outputs", [])):
+                    put_json(tx, outputs, i, output, insert=True)
+                new._exec_objs[execution_id] = (copy, outputs)
+        new._queued = list(self._queued)
+        return new
 
     def set_kernel(self, **fields: Any) -> None:
         with self.replica.change() as tx:
