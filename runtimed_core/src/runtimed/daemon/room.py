@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUIRED_HEADS_TIMEOUT = 10.0
+#: How long the acknowledgement of a peer's edit may wait for a daemon change to ride along.
+ACK_DELAY = 0.004
 
 
 class Peer:
@@ -44,17 +46,23 @@ class Peer:
         self.proto = proto
         self.doc_sync = SyncState()
         self.state_sync = SyncState()
+        #: Set when this peer's own edit is all that is new in the document: its
+        #: acknowledgement may wait (until ``ack_due``) to ride with the next change.
+        self.ack_version: int | None = None
+        self.ack_due = 0.0
 
     def send(self, kind: int, body: bytes) -> None:
         if not self.proto.closed:
             self.proto.send(typed(kind, body))
 
-    def sync_frames(self, doc: Replica, state: Replica) -> list[bytes]:
+    def sync_frames(self, doc: Replica, state: Replica, now: float) -> list[bytes]:
         """The sync messages this peer needs now, as frame payloads."""
         frames = []
-        msg = doc.generate(self.doc_sync)
-        if msg is not None:
-            frames.append(typed(DOC_SYNC, msg))
+        if self.ack_version != doc.version or now >= self.ack_due:
+            self.ack_version = None
+            msg = doc.generate(self.doc_sync)
+            if msg is not None:
+                frames.append(typed(DOC_SYNC, msg))
         msg = state.generate(self.state_sync)
         if msg is not None:
             frames.append(typed(STATE_SYNC, msg))
@@ -126,6 +134,11 @@ class Room:
             self._doc_dirty = True
             if self._doc_moved is not None and not self._doc_moved.done():
                 self._doc_moved.set_result(None)
+            # The others get the edit now; the sender's acknowledgement can wait a little
+            # for a change of the daemon's own (e.g. the cell's execution) to ride along.
+            peer.ack_version = self.doc.version
+            peer.ack_due = asyncio.get_running_loop().time() + ACK_DELAY
+            self.schedule_flush(ACK_DELAY)
         self._sync_soon()
 
     def on_state_sync(self, peer: Peer, body: memoryview) -> None:
@@ -173,11 +186,14 @@ class Room:
         if not self._sync_wanted and versions == self._synced_versions:
             return  # nothing changed and nobody asked: every peer is as synced as it can be
         self._sync_wanted, self._synced_versions = False, versions
+        now = asyncio.get_running_loop().time()
         for peer in list(self.peers):
             if peer.proto.closed or peer.proto.writing_paused:
                 continue  # a peer behind reading gets what it lacks when it drains, not a backlog
             try:
-                frames = peer.sync_frames(self.doc, self.state)
+                frames = peer.sync_frames(self.doc, self.state, now)
+                if peer.ack_version is not None:
+                    self._sync_wanted = True  # the acknowledgement is still owed
                 if frames:
                     peer.proto.send(*frames)
             except ProtocolError as exc:
