@@ -138,7 +138,6 @@ class Room:
             # for a change of the daemon's own (e.g. the cell's execution) to ride along.
             peer.ack_version = self.doc.version
             peer.ack_due = asyncio.get_running_loop().time() + ACK_DELAY
-            self.schedule_flush(ACK_DELAY)
         self._sync_soon()
 
     def on_state_sync(self, peer: Peer, body: memoryview) -> None:
@@ -187,18 +186,22 @@ class Room:
             return  # nothing changed and nobody asked: every peer is as synced as it can be
         self._sync_wanted, self._synced_versions = False, versions
         now = asyncio.get_running_loop().time()
+        owed: list[float] = []  # when the acknowledgements still owed are due
         for peer in list(self.peers):
             if peer.proto.closed or peer.proto.writing_paused:
                 continue  # a peer behind reading gets what it lacks when it drains, not a backlog
             try:
                 frames = peer.sync_frames(self.doc, self.state, now)
                 if peer.ack_version is not None:
-                    self._sync_wanted = True  # the acknowledgement is still owed
+                    owed.append(peer.ack_due)
                 if frames:
                     peer.proto.send(*frames)
             except ProtocolError as exc:
                 log.warning("%s: dropping a peer: %s", self.notebook_id, exc)
                 peer.proto.abort(exc)
+        if owed:
+            self._sync_wanted = True
+            self.schedule_flush(min(owed) - now)
 
     def _renew_state(self) -> None:
         """Start the runtime-state document afresh (same content, no history); every peer
