@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUIRED_HEADS_TIMEOUT = 10.0
-#: How long the acknowledgement of a peer's edit may wait for a daemon change to ride along.
-ACK_DELAY = 0.004
+#: How long the acknowledgement of a peer's edit may wait for a daemon change to ride along
+#: (an execution's changes come within a few ms; a plain edit is acknowledged this late).
+ACK_DELAY = 0.05
 
 
 class Peer:
