@@ -222,7 +222,8 @@ def test_autostart_and_no_autostart(tmp_path, monkeypatch):
 
 
 def test_kernel_launch_failure_quotes_stderr(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1)
+    # no hot kernel: it would take the env (and start) before the test breaks it
+    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, hot_kernels=0)
     daemon.wait_for_pool(1)
     [env] = [p for p in (daemon.cache_dir / "envs").iterdir() if p.name.startswith("uv-prewarmed-")]
     # break ipykernel inside the ready env: the kernel process dies at import. (Replace the
