@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
+
+from runtimed.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,23 +53,17 @@ def test_flush_and_shutdown(runtimed_daemon_factory, tmp_path):
         status = daemon.client().status()
         return status["uv_available"] == 1 and status["hot_available"] == 1 and not envs() & old
 
-    _wait(lambda: settled(set()))
+    wait_until(lambda: settled(set()), "the pool and the hot kernel", timeout=240)
     before = envs()  # the ready env and the hot kernel's env
     assert len(before) == 2
     _cli(daemon, "flush")
-    _wait(lambda: settled(before))  # both rebuilt: the idle hot kernel was retired with its env
+    # both rebuilt: the idle hot kernel was retired with its env
+    wait_until(lambda: settled(before), "fresh envs for the pool and the hot kernel", timeout=240)
     assert len(envs()) == 2
     assert "UV pool: 1/1 available" in daemon.log()
     _cli(daemon, "shutdown")
     assert daemon.process.wait(30) == 0
     assert not daemon.socket_path.exists()
-
-
-def _wait(predicate, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_exec_prints_outputs_and_exit_status(runtimed_daemon):

@@ -172,13 +172,6 @@ def test_a_peer_that_stops_reading_holds_up_no_one_and_catches_up(runtimed_daemo
     slow.sock.close()
 
 
-def _until(predicate, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_idle_room_is_evicted_after_keep_alive(runtimed_daemon_factory, tmp_path):
     daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, keep_alive_secs=1.0)
     s = daemon.session("short-lived")

@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from runtimed.daemon import runtime_dir
+from runtimed.testing import process_running, wait_until
 
 
 def _dead_pid() -> int:
@@ -59,17 +59,6 @@ def test_killed_daemon_leaves_no_kernel_running(runtimed_daemon_factory, tmp_pat
     assert left
     daemon.kill()
     daemon.start()
-    deadline = time.monotonic() + 15
-    while os.path.exists(f"/proc/{kernel_pid}") and not _zombie(kernel_pid):
-        assert time.monotonic() < deadline, "the killed daemon's kernel is still running"
-        time.sleep(0.1)
+    wait_until(lambda: not process_running(kernel_pid), "the killed daemon's kernel to end", timeout=15)
     assert not any(d.exists() for d in left)
     s.close()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import runtimed
+from runtimed.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -313,10 +314,7 @@ def test_runtime_state_is_renewed_without_losing_anything(runtimed_daemon_factor
     def stdout_of_cells(session) -> list[str]:
         return ["".join(o.text or "" for o in c.outputs) for c in session.get_cells()]
 
-    deadline = time.monotonic() + 10
-    while stdout_of_cells(b) != expected:  # connected throughout
-        assert time.monotonic() < deadline, stdout_of_cells(b)
-        time.sleep(0.05)
+    wait_until(lambda: stdout_of_cells(b) == expected, "B (connected throughout) to see every output")
     late = daemon.session("renewed")
     late.connect()
     assert stdout_of_cells(late) == expected

@@ -27,6 +27,7 @@ import yaml
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvRequest, PoolStatus, PreparedEnv, no_progress
 from runtimed.testing import ProgressRecorder as Recorder
+from runtimed.testing import copy_ready_env, processes_mentioning, running
 from runtimed.testing import wait_for as _wait_for
 from runtimed_conda_pool import CondaPool
 from runtimed_conda_pool.activation import ACTIVATION_NAME
@@ -36,8 +37,8 @@ from runtimed_conda_pool.pool import POOL_LOCK
 from runtimed_conda_pool.testing import (
     ACTIVATED_VAR,
     ACTIVATION,
-    ENV_VARS_VAR,
     ENV_VARS_VALUE,
+    ENV_VARS_VAR,
     HELLO,
     LocalChannel,
     make_wheel,
@@ -48,6 +49,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
     await _wait_for(predicate, timeout, interval=0.02)
 
 PREWARMED = EnvRequest(env_source="conda:prewarmed", notebook_id="nb-1")
+READY_PREFIX = "conda-prewarmed-"  # the conda pool's ready envs (Prewarmer.ready_prefix)
 MakePool = Callable[..., CondaPool]
 
 
@@ -62,8 +64,18 @@ def inline_request(
     )
 
 
+def acquire_once(pool: CondaPool, request: EnvRequest) -> PreparedEnv:
+    """Start ``pool``, take one env for ``request``, stop the pool."""
+
+    async def scenario() -> PreparedEnv:
+        async with running(pool):
+            return await pool.acquire(request, no_progress)
+
+    return asyncio.run(scenario())
+
+
 def ready_dirs(pool: CondaPool) -> list[Path]:
-    return sorted(p for p in pool.envs_dir.glob("conda-prewarmed-*") if (p / ".warmed").exists())
+    return sorted(p for p in pool.envs_dir.glob(f"{READY_PREFIX}*") if (p / ".warmed").exists())
 
 
 def on_disk(pool: CondaPool) -> list[str]:
@@ -240,25 +252,6 @@ def test_flush_discards_ready_envs_and_the_lock_and_solves_again(make_pool: Make
     assert on_disk(pool) == sorted([new.name, POOL_LOCK]), "flushed envs are deleted"
 
 
-def _copy_env(src: Path, *, only: tuple[str, ...] = (), **marker_changes: object) -> Path:
-    """A hard-linked copy of a ready env, marker edited (``only``: the top-level entries kept)."""
-    dst = src.with_name(f"conda-prewarmed-{uuid.uuid4().hex}")
-    if only:
-        dst.mkdir()
-        for name in (*only, ".warmed"):
-            if (src / name).is_dir():
-                shutil.copytree(src / name, dst / name, symlinks=True, copy_function=os.link)
-            else:
-                os.link(src / name, dst / name, follow_symlinks=False)
-    else:
-        shutil.copytree(src, dst, symlinks=True, copy_function=os.link)
-    fields = marker(src)
-    fields.update(marker_changes)
-    (dst / ".warmed").unlink()  # a hard link: do not edit the original's marker
-    (dst / ".warmed").write_text(json.dumps(fields))
-    return dst
-
-
 @pytest.mark.slow
 def test_start_reuses_valid_envs_and_discards_stale_broken_and_foreign_ones(
     make_pool: MakePool, tmp_path: Path
@@ -274,14 +267,13 @@ def test_start_reuses_valid_envs_and_discards_stale_broken_and_foreign_ones(
     [kept] = ready_dirs(first)
     created = float(marker(kept)["created"])  # type: ignore[arg-type]
     envs = first.envs_dir
-    stale = _copy_env(kept, created=created - 3 * 24 * 3600)
-    older = _copy_env(kept, created=created - 3600)  # valid
-    other_config = _copy_env(kept, key="another-channel-or-package-list")
-    broken = _copy_env(
-        kept, only=("bin", "pyvenv.cfg", "conda-meta")
-    )  # python runs, ipykernel is gone
-    no_python = _copy_env(kept, only=("conda-meta",))
-    unmarked = envs / f"conda-prewarmed-{uuid.uuid4().hex}"
+    stale = copy_ready_env(kept, READY_PREFIX, created=created - 3 * 24 * 3600)
+    older = copy_ready_env(kept, READY_PREFIX, created=created - 3600)  # valid
+    other_config = copy_ready_env(kept, READY_PREFIX, key="another-channel-or-package-list")
+    # python runs, ipykernel is gone
+    broken = copy_ready_env(kept, READY_PREFIX, only=("bin", "pyvenv.cfg", "conda-meta"))
+    no_python = copy_ready_env(kept, READY_PREFIX, only=("conda-meta",))
+    unmarked = envs / f"{READY_PREFIX}{uuid.uuid4().hex}"
     shutil.copytree(kept, unmarked, symlinks=True, copy_function=os.link)
     (unmarked / ".warmed").unlink()
     half_built = envs / f"conda-building-{uuid.uuid4().hex}"
@@ -478,13 +470,7 @@ def test_every_env_records_its_solve_and_a_notebook_lock_rebuilds_it_without_sol
     (project / ".git").mkdir()
     notebook = project / "analysis.ipynb"
 
-    async def build() -> PreparedEnv:
-        await pool.start()
-        env = await pool.acquire(inline_request(["runtimed-test-hello 1.*"]), no_progress)
-        await pool.stop()
-        return env
-
-    built = asyncio.run(build())
+    built = acquire_once(pool, inline_request(["runtimed-test-hello 1.*"]))
     lock_path = built.prefix / "conda-lock.yml"
     # conda-lock's own reader accepts the file: it is conda-lock's format.
     lockfile, _, _ = _conda_lock()
@@ -535,26 +521,12 @@ def test_a_lock_without_the_kernel_packages_gets_them_solved_around_it(
     project = tmp_path / "project"
     project.mkdir()
 
-    async def build() -> PreparedEnv:
-        await pool.start()
-        env = await pool.acquire(inline_request(["runtimed-test-hello 1.*"]), no_progress)
-        await pool.stop()
-        return env
-
-    built = asyncio.run(build())
+    built = acquire_once(pool, inline_request(["runtimed-test-hello 1.*"]))
     data = yaml.safe_load((built.prefix / "conda-lock.yml").read_text())
     data["package"] = [p for p in data["package"] if p["name"] in ("python", HELLO)]
     (project / "conda-lock.yml").write_text(yaml.safe_dump(data))
 
-    async def rebuild() -> PreparedEnv:
-        await pool.start()
-        env = await pool.acquire(
-            EnvRequest("conda:prewarmed", "nb", notebook_path=project / "x.ipynb"), no_progress
-        )
-        await pool.stop()
-        return env
-
-    env = asyncio.run(rebuild())
+    env = acquire_once(pool, EnvRequest("conda:prewarmed", "nb", notebook_path=project / "x.ipynb"))
     assert hello_version(env) == "1.0.0"
     assert run_in(env, "import ipykernel; print('ok')") == "ok"
     assert pool.builder.solves == 2
@@ -728,19 +700,6 @@ def test_bad_project_files_name_the_file_and_the_problem(
     )
     assert none.startswith("conda:env_yml needs an environment.yml or environment.yaml")
     assert on_disk(pool) == []
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (e.g. a build directory)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and pid != str(os.getpid()):
-            found.append(cmdline)
-    return found
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from runtimed import ExecutionResult, Session
 from runtimed.errors import KernelError, KernelLaunchFailed, RuntimedError
 from runtimed.pytest_plugin import DaemonProcess
+from runtimed.testing import process_running, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +34,6 @@ def outputs(result: ExecutionResult) -> list[tuple[str, Any]]:
         else:
             pairs.append((out.output_type, out.data))
     return pairs
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Background:
@@ -311,15 +303,7 @@ def test_a_killed_daemons_deno_kernel_is_stopped_by_the_next_daemon(deno_daemon:
     pid = int(s.run("Deno.pid").outputs[0].data["text/plain"])
     deno_daemon.kill()
     time.sleep(1)
-    assert _running(pid), "the Deno kernel should outlive its killed daemon until swept"
+    assert process_running(pid), "the Deno kernel should outlive its killed daemon until swept"
     deno_daemon.start()
-    wait_until(lambda: not _running(pid), "the orphaned Deno kernel to be killed")
+    wait_until(lambda: not process_running(pid), "the orphaned Deno kernel to be killed")
     s.close()
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -22,9 +22,10 @@ from runtimed.config import DaemonConfig
 from runtimed.errors import EnvironmentFailed
 from runtimed.pools import EnvRequest, PoolStatus, PreparedEnv, no_progress
 from runtimed.testing import ProgressRecorder as Recorder
-from runtimed.testing import running, wait_for
+from runtimed.testing import copy_ready_env, processes_mentioning, running, wait_for
 from runtimed_uv_pool import UvPool
 from runtimed_uv_pool.hooks import runtimed_env_pools
+from runtimed_uv_pool.pool import READY_PREFIX
 
 REQUEST = EnvRequest(env_source="uv:prewarmed", notebook_id="nb-1")
 MISSING_PACKAGE = "runtimed-no-such-package-xyz"
@@ -55,19 +56,6 @@ async def run_in_env(env: PreparedEnv, code: str) -> str:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (zombies have none)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and pid != str(os.getpid()):
-            found.append(cmdline)
-    return found
 
 
 # -- no builds -----------------------------------------------------------------
@@ -261,28 +249,6 @@ def test_flush_discards_ready_and_in_progress_envs_and_rebuilds(tmp_path: Path) 
     assert on_disk(pool) == [new.name], "flushed, released and abandoned envs are deleted"
 
 
-def _copy_env(src: Path, *, only: tuple[str, ...] = (), **marker_changes: object) -> Path:
-    """A hard-linked copy of a ready env (they are relocatable) with an edited marker.
-
-    ``only`` limits the copy to some top-level entries (plus the marker).
-    """
-    dst = src.with_name(f"uv-prewarmed-{uuid.uuid4().hex}")
-    if only:
-        dst.mkdir()
-        for name in (*only, ".warmed"):
-            if (src / name).is_dir():
-                shutil.copytree(src / name, dst / name, symlinks=True, copy_function=os.link)
-            else:
-                os.link(src / name, dst / name)
-    else:
-        shutil.copytree(src, dst, symlinks=True, copy_function=os.link)
-    marker = json.loads((dst / ".warmed").read_text())
-    marker.update(marker_changes)
-    (dst / ".warmed").unlink()  # a hard link: do not edit the original's marker
-    (dst / ".warmed").write_text(json.dumps(marker))
-    return dst
-
-
 @pytest.mark.slow
 @pytest.mark.network
 def test_start_reuses_valid_envs_and_deletes_the_rest(tmp_path: Path) -> None:
@@ -296,11 +262,13 @@ def test_start_reuses_valid_envs_and_deletes_the_rest(tmp_path: Path) -> None:
     [kept] = ready_dirs(first)
     created = json.loads((kept / ".warmed").read_text())["created"]
     envs = first.envs_dir
-    older = _copy_env(kept, created=created - 3600)  # valid, an hour older
-    stale = _copy_env(kept, created=created - 3 * 24 * 3600)
-    other_packages = _copy_env(kept, packages=["ipykernel", "ipywidgets", "numpy"])
-    broken = _copy_env(kept, only=("bin", "pyvenv.cfg"))  # python runs, ipykernel is missing
-    no_python = _copy_env(kept, only=("pyvenv.cfg",))
+    older = copy_ready_env(kept, READY_PREFIX, created=created - 3600)  # valid, an hour older
+    stale = copy_ready_env(kept, READY_PREFIX, created=created - 3 * 24 * 3600)
+    other_packages = copy_ready_env(kept, READY_PREFIX,
+                                    packages=["ipykernel", "ipywidgets", "numpy"])
+    # python runs, ipykernel is missing
+    broken = copy_ready_env(kept, READY_PREFIX, only=("bin", "pyvenv.cfg"))
+    no_python = copy_ready_env(kept, READY_PREFIX, only=("pyvenv.cfg",))
     unmarked = envs / f"uv-prewarmed-{uuid.uuid4().hex}"
     shutil.copytree(kept, unmarked, symlinks=True, copy_function=os.link)
     (unmarked / ".warmed").unlink()
