@@ -44,7 +44,7 @@ def test_errors_are_one_line(tmp_path, monkeypatch):
 
 
 def test_flush_and_shutdown(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1})
 
     def envs() -> set[str]:
         return {p.name for p in (daemon.cache_dir / "envs").iterdir() if p.name.startswith("uv-prewarmed-")}

@@ -89,7 +89,7 @@ def test_socket_permissions_and_single_instance(runtimed_daemon):
 
 
 def test_sigkill_loses_no_edit_and_sessions_reconnect(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1})
     s = daemon.session("survivor")
     s.connect()
     ids = [s.create_cell(f"x = {i}") for i in range(3)]
@@ -110,7 +110,7 @@ def test_sigkill_loses_no_edit_and_sessions_reconnect(runtimed_daemon_factory, t
 
 
 def test_corrupt_document_is_moved_aside(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=0)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 0})
     s = daemon.session("fragile")
     s.connect()
     s.create_cell("precious = 1")
@@ -151,7 +151,7 @@ class _RawStateClient:
 
 
 def test_a_peer_that_stops_reading_holds_up_no_one_and_catches_up(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1})
     s = daemon.session("shared")
     s.start_kernel()
     slow = _RawStateClient(daemon, "shared")
@@ -173,7 +173,7 @@ def test_a_peer_that_stops_reading_holds_up_no_one_and_catches_up(runtimed_daemo
 
 
 def test_idle_room_is_evicted_after_keep_alive(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, keep_alive_secs=1.0)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1}, keep_alive_secs=1.0)
     s = daemon.session("short-lived")
     s.start_kernel()
     s.run("1")
@@ -216,7 +216,7 @@ def test_autostart_and_no_autostart(tmp_path, monkeypatch):
 
 def test_kernel_launch_failure_quotes_stderr(runtimed_daemon_factory, tmp_path):
     # no hot kernel: it would take the env (and start) before the test breaks it
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, hot_kernels=0)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1}, hot_kernels=0)
     daemon.wait_for_pool(1)
     [env] = [p for p in (daemon.cache_dir / "envs").iterdir() if p.name.startswith("uv-prewarmed-")]
     # break ipykernel inside the ready env: the kernel process dies at import. (Replace the

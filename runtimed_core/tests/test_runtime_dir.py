@@ -50,7 +50,7 @@ def test_sweep_kills_orphans_of_dead_daemons_only(tmp_path):
 
 @pytest.mark.slow
 def test_killed_daemon_leaves_no_kernel_running(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, hot_kernels=0)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1}, hot_kernels=0)
     s = daemon.session("crash")
     s.start_kernel()
     kernel_pid = int(s.run("import os; os.getpid()").outputs[0].data["text/plain"])

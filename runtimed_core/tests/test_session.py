@@ -257,24 +257,23 @@ def test_daemon_client(runtimed_daemon):
 
 
 def test_env_source_without_its_plugin_fails_clearly(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, hot_kernels=0,
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1}, hot_kernels=0,
                                      env={"RUNTIMED_DISABLE_PLUGINS": "conda_pool"})
     s = daemon.session()
-    with pytest.raises(runtimed.EnvironmentFailed, match="runtimed-conda-pool"):
-        s.start_kernel(env_source="conda:prewarmed")
-    (tmp_path / ".git").mkdir()
-    (tmp_path / "environment.yml").write_text("dependencies: [python]\n")
-    with pytest.raises(runtimed.EnvironmentFailed, match="conda:env_yml.*runtimed-conda-pool"):
-        s.start_kernel(notebook_path=str(tmp_path / "nb.ipynb"))  # never a silent uv fallback
-    with pytest.raises(runtimed.InvalidRequest, match="Unknown env_source"):
-        s.start_kernel(env_source="pip:magic")
+    for request in ("conda:prewarmed", "auto:conda"):  # never a silent fallback to another family
+        with pytest.raises(runtimed.EnvironmentFailed,
+                           match=r"needs a pool plugin for the 'conda' family, and none is installed"):
+            s.start_kernel(env_source=request)
+    with pytest.raises(runtimed.InvalidRequest, match="Unknown env_source 'uv:magic'"):
+        s.start_kernel(env_source="uv:magic")
+    assert s.kernel_status()["lifecycle"] == "error"
     s.start_kernel(env_source="uv:prewarmed")  # the room recovers
     assert s.env_source == "uv:prewarmed"
     s.__exit__(None, None, None)
 
 
 def test_hot_kernel_claim_moves_to_the_notebook_directory(runtimed_daemon_factory, tmp_path):
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1, hot_kernels=1)
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1}, hot_kernels=1)
     deadline = time.monotonic() + 120
     while "Hot kernels: 1/1 ready" not in daemon.log():
         assert time.monotonic() < deadline, daemon.log()
@@ -299,7 +298,7 @@ def test_hot_kernel_claim_moves_to_the_notebook_directory(runtimed_daemon_factor
 def test_runtime_state_is_renewed_without_losing_anything(runtimed_daemon_factory, tmp_path):
     # A tiny history limit: the runtime-state document is started afresh every few runs,
     # also in the middle of a cell's streaming output.
-    daemon = runtimed_daemon_factory(tmp_path / "d", uv_pool_size=1,
+    daemon = runtimed_daemon_factory(tmp_path / "d", pool_sizes={"uv": 1},
                                      env={"RUNTIMED_STATE_HISTORY_LIMIT": "25"})
     a, b = daemon.session("renewed"), daemon.session("renewed")
     a.start_kernel()

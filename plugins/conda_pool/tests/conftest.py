@@ -60,7 +60,7 @@ def make_pool(conda_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..
     ) -> CondaPool:
         config = DaemonConfig(
             cache_dir=cache_dir or tmp_path / "cache",
-            conda_pool_size=size,
+            settings={"conda.pool_size": size},
             default_packages=packages or [],
         )
         pool = CondaPool(config)

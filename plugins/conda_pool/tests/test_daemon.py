@@ -39,7 +39,7 @@ def test_conda_kernels_through_a_real_daemon(
     tmp_path: Path,
 ) -> None:
     daemon = runtimed_daemon_factory(
-        uv_pool_size=0, env=conda_env, extra_args=["--conda-pool-size", "1"]
+        pool_sizes={"uv": 0}, env=conda_env, extra_args=["--conda-pool-size", "1"]
     )
     try:
         envs = daemon.cache_dir / "conda-envs"
@@ -143,7 +143,7 @@ def test_a_conda_kernel_runs_with_its_envs_activation(
     runtimed_daemon_factory: Callable[..., DaemonProcess], conda_env: dict[str, str]
 ) -> None:
     daemon = runtimed_daemon_factory(
-        uv_pool_size=0, env=conda_env, extra_args=["--conda-pool-size", "0"]
+        pool_sizes={"uv": 0}, env=conda_env, extra_args=["--conda-pool-size", "0"]
     )
     try:
         with daemon.session("activation") as session:

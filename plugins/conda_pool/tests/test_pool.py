@@ -343,7 +343,7 @@ def test_inline_envs_are_built_once_and_reused(make_pool: MakePool) -> None:
         )
         assert pool.builder.solves == 1, "concurrent identical requests build once"
         assert (
-            "Waiting for an identical conda environment that is being built" in progress[1].messages
+            "Waiting for the same environment, already being built for another notebook" in progress[1].messages
         )
         assert any(m.startswith("Solving metadata.runt.conda") for m in progress[1].messages), (
             "the second requester sees the build's progress too"

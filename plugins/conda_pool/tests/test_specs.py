@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtimed.config import DaemonConfig
+from runtimed_conda_pool.pool import CondaPool
 from runtimed_conda_pool.specs import (
     SpecError,
     env_yml_spec,
@@ -25,11 +26,13 @@ def inline(section: object) -> dict[str, object]:
     return {"runt": {"conda": section}}
 
 
-def test_channels_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_channels_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.delenv("RUNTIMED_CONDA_CHANNELS", raising=False)
-    assert DaemonConfig().conda_channels == ["conda-forge"]
+    assert CondaPool(DaemonConfig(cache_dir=tmp_path)).channels == ["conda-forge"]
     monkeypatch.setenv("RUNTIMED_CONDA_CHANNELS", " file:///srv/channel , bioconda,,")
-    assert DaemonConfig().conda_channels == ["file:///srv/channel", "bioconda"]
+    assert CondaPool(DaemonConfig(cache_dir=tmp_path)).channels == ["file:///srv/channel", "bioconda"]
+    explicit = DaemonConfig(cache_dir=tmp_path, settings={"conda.channels": ["mine"]})
+    assert CondaPool(explicit).channels == ["mine"], "a flag (or explicit setting) wins over the env"
 
 
 def test_prewarmed_spec_has_the_kernel_packages_and_the_defaults() -> None:

@@ -26,7 +26,7 @@ def deno_daemon_factory(
     """
 
     def factory(**env: str) -> DaemonProcess:
-        return runtimed_daemon_factory(uv_pool_size=0, conda_pool_size=0, hot_kernels=0, env=env)
+        return runtimed_daemon_factory(pool_sizes={"uv": 0}, hot_kernels=0, env=env)
 
     return factory
 

@@ -11,7 +11,7 @@ import pytest
 from runtimed.config import DaemonConfig
 from runtimed.errors import KernelLaunchFailed
 from runtimed.launchers import LaunchContext
-from runtimed.plugins import collect_launchers, describe_plugins, get_plugin_manager
+from runtimed.plugins import Registry, describe_plugins, get_plugin_manager
 from runtimed_deno_kernel import DenoKernelLauncher, find_deno, launcher
 from runtimed_deno_kernel.hooks import runtimed_kernel_launchers
 
@@ -44,7 +44,7 @@ def context(tmp_path: Path, env: dict[str, str]) -> LaunchContext:
 
 def test_registered_through_the_entry_point():
     pm = get_plugin_manager()
-    assert collect_launchers(pm)["deno"] is DenoKernelLauncher
+    assert Registry.load(pm).launchers["deno"] is DenoKernelLauncher
     described = {p["name"]: p for p in describe_plugins(pm)}["deno_kernel"]
     assert described["distribution"] == "runtimed-deno-kernel"
     assert described["provides"] == {

@@ -28,7 +28,7 @@ from runtimed_uv_pool import UvPool
 def prewarmed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ready ``uv-prewarmed-*`` env built by a real pool (for ``sys.executable``)."""
     root = tmp_path_factory.mktemp("uv-template")
-    pool = UvPool(DaemonConfig(cache_dir=root, uv_pool_size=1, python=sys.executable))
+    pool = UvPool(DaemonConfig(cache_dir=root, settings={"uv.pool_size": 1}, python=sys.executable))
 
     async def build() -> None:
         await pool.start()

@@ -35,10 +35,9 @@ def make_pool(tmp_path: Path, size: int = 1, **config: Any) -> UvPool:
     return UvPool(
         DaemonConfig(
             cache_dir=tmp_path / "cache",
-            uv_pool_size=size,
+            settings={"uv.pool_size": size, **{f"uv.{k}": v for k, v in config.items()}},
             python=sys.executable,
             default_packages=[],
-            **config,
         )
     )
 

@@ -33,7 +33,7 @@ def start_daemon(
 ) -> DaemonProcess:
     for _ in range(ready):
         seed_pool(root / "cache" / "envs")
-    daemon = factory(root, uv_pool_size=ready, hot_kernels=0)
+    daemon = factory(root, pool_sizes={"uv": ready}, hot_kernels=0)
     daemon.wait_for_pool(ready)
     return daemon
 

@@ -34,7 +34,7 @@ MISSING_PACKAGE = "runtimed-no-such-package-xyz"
 def make_pool(tmp_path: Path, size: int = 1, packages: list[str] | None = None) -> UvPool:
     config = DaemonConfig(
         cache_dir=tmp_path / "cache",
-        uv_pool_size=size,
+        settings={"uv.pool_size": size},
         python=sys.executable,
         default_packages=packages or [],
     )

@@ -26,13 +26,16 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, field)
         if value:
             overrides["socket_path" if field == "socket" else field] = Path(value).expanduser().absolute()
-    for field in ("uv_pool_size", "conda_pool_size", "hot_kernels", "log_level", "keep_alive_secs"):
+    for field in ("hot_kernels", "log_level", "keep_alive_secs"):
         value = getattr(args, field)
         if value is not None:
             overrides[field] = value
-    if args.conda_channels:
-        overrides["conda_channels"] = [c.strip() for c in args.conda_channels.split(",") if c.strip()]
-    config = DaemonConfig(**overrides)
+    settings = {}
+    for namespace, setting, _owner in getattr(args, "plugin_settings", []):
+        text = getattr(args, _dest(namespace, setting))
+        if text is not None:
+            settings[setting.key(namespace)] = setting.parse_text(namespace, text, setting.flag(namespace))
+    config = DaemonConfig(**overrides, settings=settings)
     on_ready = _detach() if args.detach else None
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper(), logging.INFO),
@@ -45,6 +48,24 @@ def _run(args: argparse.Namespace) -> int:
             on_ready(str(exc))
         raise
     return 0
+
+
+def _dest(namespace: str, setting: Any) -> str:
+    return "setting_" + setting.key(namespace).replace(".", "__").replace("-", "_")
+
+
+def _add_plugin_flags(run: argparse.ArgumentParser) -> None:
+    """One flag per knob the installed plugins declare (``--uv-pool-size``...)."""
+    from runtimed.plugins import Registry
+
+    declared = Registry.load().declared_settings()
+    group = run.add_argument_group("plugin settings")
+    for namespace, setting, owner in declared:
+        default = setting.default
+        shown = ",".join(default) if isinstance(default, list) else default
+        group.add_argument(setting.flag(namespace), dest=_dest(namespace, setting), metavar="VALUE",
+                           help=f"{setting.help} (env {setting.env_var(namespace)}, default {shown})")
+    run.set_defaults(plugin_settings=declared)
 
 
 def _detach():  # noqa: ANN202
@@ -200,7 +221,8 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
+    """The CLI; with ``plugin_flags``, ``run`` also takes the installed plugins' settings."""
     parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,19 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="environments and caches (env RUNTIMED_CACHE_DIR)")
     run.add_argument("--blob-store-dir", help="output blobs (env RUNTIMED_BLOB_STORE_DIR)")
     run.add_argument("--state-dir", help="persisted notebook documents (env RUNTIMED_STATE_DIR)")
-    run.add_argument("--uv-pool-size", type=int, help="ready uv environments (env RUNTIMED_UV_POOL_SIZE, default 2)")
-    run.add_argument("--conda-pool-size", type=int,
-                     help="ready conda environments (env RUNTIMED_CONDA_POOL_SIZE, default 1)")
-    run.add_argument("--conda-channels",
-                     help="comma-separated conda channels (env RUNTIMED_CONDA_CHANNELS, default conda-forge)")
     run.add_argument("--hot-kernels", type=int,
-                     help="python kernels kept started in prewarmed envs (env RUNTIMED_HOT_KERNELS, default 1)")
+                     help="kernels of the default type kept started in prewarmed envs "
+                          "(env RUNTIMED_HOT_KERNELS, default 1)")
     run.add_argument("--keep-alive-secs", type=float,
                      help="seconds an abandoned room keeps its kernel (env RUNTIMED_KEEP_ALIVE_SECS, default 30)")
     run.add_argument("--log-level", help="debug, info, warning, error (env RUNTIMED_LOG_LEVEL)")
     run.add_argument("--detach", action="store_true",
                      help="run in the background; return once the daemon listens")
     run.set_defaults(func=_run)
+    if plugin_flags:
+        _add_plugin_flags(run)
 
     exe = sub.add_parser("exec", help="run code in a notebook's kernel and print its outputs")
     exe.add_argument("code", help="the code, or - to read it from stdin")
@@ -252,11 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in argv or "--verbose" in argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
+        # Only `run` loads the plugins to parse their flags: other commands stay lean.
+        args = build_parser(plugin_flags=command == "run").parse_args(argv)
         return args.func(args)
     except RuntimedError as exc:
-        if args.verbose:
+        if verbose:
             raise
         print(f"runtimed: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,8 @@
-"""The daemon's configuration: one dataclass, filled from flags over env vars over defaults."""
+"""The daemon's configuration: one dataclass, filled from flags over env vars over defaults.
+
+Plugins' own knobs (declared with :class:`runtimed.settings.Setting`) live in
+:attr:`DaemonConfig.settings`, keyed ``<namespace>.<name>``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runtimed import paths
+
+if TYPE_CHECKING:
+    from runtimed.settings import Setting
 
 
 def _env_int(var: str, default: int) -> int:
@@ -32,8 +40,6 @@ class DaemonConfig:
     state_dir: Path = field(default_factory=paths.state_dir)
     blob_store_dir: Path = field(default_factory=paths.blob_store_dir)
     log_dir: Path = field(default_factory=paths.log_dir)
-    uv_pool_size: int = field(default_factory=lambda: _env_int("RUNTIMED_UV_POOL_SIZE", 2))
-    conda_pool_size: int = field(default_factory=lambda: _env_int("RUNTIMED_CONDA_POOL_SIZE", 1))
     #: Python kernels kept started and idle in prewarmed envs, claimed by ``start_kernel``.
     hot_kernels: int = field(default_factory=lambda: _env_int("RUNTIMED_HOT_KERNELS", 1))
     # Seconds a room with no peers stays alive (its kernel running) before eviction.
@@ -46,18 +52,16 @@ class DaemonConfig:
     default_packages: list[str] = field(
         default_factory=lambda: _env_list("RUNTIMED_DEFAULT_PACKAGES")
     )
-    #: Cached inline / PEP 723 environments unused this long (seconds) are garbage-collected...
-    inline_env_max_age_secs: float = field(
-        default_factory=lambda: float(os.environ.get("RUNTIMED_INLINE_ENV_MAX_AGE_SECS", "86400"))
+    #: The env family ``auto`` and ``prewarmed`` fall back to; None: the installed pool
+    #: that ranks first (:attr:`runtimed.pools.EnvPool.default_rank`).
+    default_family: str | None = field(
+        default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_FAMILY") or None
     )
-    #: ...and so are the least recently used beyond this many (never one a live kernel uses).
-    inline_env_max_count: int = field(default_factory=lambda: _env_int("RUNTIMED_INLINE_ENV_MAX_COUNT", 10))
-    #: Conda channels (names or URLs, ``file://`` included) for the conda family.
-    conda_channels: list[str] = field(
-        default_factory=lambda: _env_list("RUNTIMED_CONDA_CHANNELS") or ["conda-forge"]
+    #: The kernel type started when neither the request nor the notebook says; None: the
+    #: installed launcher that ranks first (:attr:`runtimed.launchers.KernelLauncher.default_rank`).
+    default_kernel_type: str | None = field(
+        default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_KERNEL_TYPE") or None
     )
-    #: The env family ``auto`` and ``prewarmed`` fall back to (``uv`` or ``conda``).
-    default_family: str = field(default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_FAMILY", "uv"))
     log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))
     #: Changes to a room's runtime-state document after which it is started afresh (same
     #: content, no history): Automerge's cost to apply a change grows with the history.
@@ -65,6 +69,13 @@ class DaemonConfig:
         default_factory=lambda: _env_int("RUNTIMED_STATE_HISTORY_LIMIT", 1000)
     )
 
-    def pool_size(self, family: str) -> int:
-        """The configured number of ready environments for an env family (``uv``, ``conda``...)."""
-        return int(getattr(self, f"{family}_pool_size", 1))
+    #: Plugins' knobs by key (``<namespace>.<name>``): set here (by flags, or by a test) they
+    #: win over the environment; the daemon fills in every other declared knob's value.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def resolve_setting(self, namespace: str, setting: Setting) -> Any:
+        """The effective value of a plugin's knob (recorded in :attr:`settings`)."""
+        key = setting.key(namespace)
+        if key not in self.settings:
+            self.settings[key] = setting.resolve(namespace, self.settings)
+        return self.settings[key]

@@ -14,7 +14,8 @@ Every error a user can see is a :class:`RuntimedError`. The tree::
     │   └── KernelDied             the kernel process exited while it had work
     ├── ExecutionTimeout (TimeoutError)
     ├── EnvironmentFailed          a pool or environment could not provide an env
-    └── PluginError                a plugin is missing, broken, or clashes with another
+    ├── PluginError                a plugin is missing, broken, or clashes with another
+    └── ConfigError (ValueError)   a configuration value that does not parse
 
 Errors cross the wire as ``{"type": <class name>, "message": ..., **context}``;
 :func:`error_to_wire` and :func:`error_from_wire` are the two halves.
@@ -95,12 +96,16 @@ class PluginError(RuntimedError):
     pass
 
 
+class ConfigError(RuntimedError, ValueError):
+    pass
+
+
 _BY_NAME: dict[str, type[RuntimedError]] = {
     cls.__name__: cls
     for cls in (
         RuntimedError, DaemonUnavailable, NotConnected, ProtocolError, InvalidRequest,
         KernelError, NoKernel, KernelLaunchFailed, KernelDied, ExecutionTimeout,
-        EnvironmentFailed, PluginError,
+        EnvironmentFailed, PluginError, ConfigError,
     )
 }
 

@@ -1,8 +1,20 @@
-"""Plugin manager factory and typed collectors over the hooks in :mod:`runtimed.hookspecs`."""
+"""Finding plugins and checking what they declare: the plugin manager and :class:`Registry`.
+
+Plugins come from the ``runtimed`` entry-point group (``RUNTIMED_DISABLE_PLUGINS``
+skips some, ``*`` all). :meth:`Registry.load` calls every hook of
+:mod:`runtimed.hookspecs` once and checks the classes they return: a
+declaration that is malformed is a :class:`PluginError` naming the plugin and
+the field; two classes that claim the same kernel type, kernelspec name,
+language, family, env_source, project file, metadata key or script block
+type are a :class:`PluginError` naming both. The daemon refuses to start on
+either.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pluggy
@@ -10,7 +22,8 @@ import pluggy
 from runtimed import hookspecs
 from runtimed.errors import PluginError
 from runtimed.launchers import KernelLauncher
-from runtimed.pools import EnvPool
+from runtimed.pools import EnvPool, InlineDependencies, ProjectFile, ScriptBlock
+from runtimed.settings import Configurable, Setting
 from runtimed.sinks import OutputSink
 
 ENTRY_POINT_GROUP = "runtimed"
@@ -40,9 +53,9 @@ def get_plugin_manager(*extra: Any) -> pluggy.PluginManager:
     return pm
 
 
-def _call_each(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
-    """Every implementation's classes, in registration order; a failing plugin is named."""
-    classes: list[Any] = []
+def _call_each(pm: pluggy.PluginManager, hook_name: str) -> Iterator[tuple[str, Any]]:
+    """``(plugin name, class)`` for every class every implementation returns, in registration
+    order; a failing plugin is named."""
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         try:
             result = impl.function()
@@ -51,46 +64,192 @@ def _call_each(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
                 f"Plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc} "
                 f"(skip it with RUNTIMED_DISABLE_PLUGINS={impl.plugin_name})"
             ) from exc
-        classes.extend(result or [])
-    return classes
+        for cls in result or []:
+            yield impl.plugin_name, cls
 
 
-def _unique(classes: list[type[T]], key: str, what: str) -> dict[str, type[T]]:
-    found: dict[str, type[T]] = {}
-    for cls in classes:
-        names = getattr(cls, key, None)
-        for name in names if isinstance(names, tuple) else (names,):
-            if not name:
-                raise PluginError(f"{cls.__module__}.{cls.__qualname__} has no {key}")
-            if name in found and found[name] is not cls:
-                other = found[name]
-                raise PluginError(
-                    f"Two {what}s claim {key} {name!r}: "
-                    f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}"
-                )
-            found[name] = cls
-    return found
+def qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def collect_launchers(pm: pluggy.PluginManager) -> dict[str, type[KernelLauncher]]:
-    """``kernel_type -> launcher class``; a duplicate kernel_type is a :class:`PluginError`."""
-    return _unique(_call_each(pm, "runtimed_kernel_launchers"), "kernel_type", "kernel launcher")
+@dataclass
+class Registry:
+    """The installed plugins' classes, checked (see the module docstring)."""
+
+    #: ``kernel_type -> launcher class``, in registration order.
+    launchers: dict[str, type[KernelLauncher]] = field(default_factory=dict)
+    #: ``family -> pool class``, in registration order.
+    pools: dict[str, type[EnvPool]] = field(default_factory=dict)
+    #: ``(plugin name, sink class)`` in registration order.
+    sinks: list[tuple[str, type[OutputSink]]] = field(default_factory=list)
+    #: ``class -> the plugin that provided it``.
+    plugin_of: dict[type, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, pm: pluggy.PluginManager | None = None) -> Registry:
+        """Collect and check every plugin's classes (``pm``: default, the entry points)."""
+        pm = pm or get_plugin_manager()
+        registry = cls()
+        claims = _Claims(registry)
+        for plugin, launcher in _call_each(pm, "runtimed_kernel_launchers"):
+            registry.plugin_of[launcher] = plugin
+            _check_launcher(plugin, launcher)
+            claims.claim("kernel launcher", "kernel_type", launcher.kernel_type, launcher)
+            for name in launcher.kernelspec_names:
+                claims.claim("kernel launcher", "kernelspec name", name, launcher)
+            for language in launcher.languages:
+                claims.claim("kernel launcher", "language", language.lower(), launcher)
+            registry.launchers[launcher.kernel_type] = launcher
+        for plugin, pool in _call_each(pm, "runtimed_env_pools"):
+            registry.plugin_of[pool] = plugin
+            _check_pool(plugin, pool)
+            claims.claim("environment pool", "family", pool.family, pool)
+            for source in pool.sources:
+                claims.claim("environment pool", "env_source", source, pool)
+            for project in pool.project_files:
+                claims.claim("environment pool", "project file", project.name, pool)
+            for inline in pool.inline_dependencies:
+                claims.claim("environment pool", "metadata key", inline.key, pool)
+            for block in pool.script_blocks:
+                claims.claim("environment pool", "script block type", block.block_type, pool)
+            registry.pools[pool.family] = pool
+        for plugin, sink in _call_each(pm, "runtimed_output_sinks"):
+            registry.plugin_of[sink] = plugin
+            if not (isinstance(sink, type) and issubclass(sink, OutputSink)):
+                raise PluginError(f"Plugin {plugin!r}: runtimed_output_sinks returned {sink!r}, "
+                                  "not an OutputSink subclass")
+            registry.sinks.append((plugin, sink))
+        return registry
+
+    # -- what the daemon asks ---------------------------------------------------------------
+
+    def default_family(self, configured: str | None) -> str | None:
+        """The family ``auto`` falls back to: the configured one, else the pool ranked first."""
+        if configured:
+            return configured
+        ranked = [p for p in self.pools.values() if p.default_rank is not None]
+        return min(ranked, key=lambda p: (p.default_rank, p.family)).family if ranked else None
+
+    def default_kernel_type(self, configured: str | None) -> str | None:
+        """The kernel type started when nobody says: the configured one, else the launcher ranked first."""
+        if configured:
+            return configured
+        ranked = [c for c in self.launchers.values() if c.default_rank is not None]
+        return min(ranked, key=lambda c: (c.default_rank, c.kernel_type)).kernel_type if ranked else None
+
+    def launcher_claiming(self, *, kernelspec_name: str | None = None,
+                          language: str | None = None) -> type[KernelLauncher] | None:
+        """The launcher that declares a kernelspec name (or else a language), if any."""
+        for launcher in self.launchers.values():
+            if kernelspec_name and kernelspec_name in launcher.kernelspec_names:
+                return launcher
+        for launcher in self.launchers.values():
+            if language and language.lower() in (lang.lower() for lang in launcher.languages):
+                return launcher
+        return None
+
+    def configurables(self) -> list[type[Configurable]]:
+        """Every class that may declare settings: launchers, then pools."""
+        return [*self.launchers.values(), *self.pools.values()]
+
+    def declared_settings(self) -> list[tuple[str, Setting, type[Configurable]]]:
+        """``(namespace, setting, owner)`` for every knob every plugin declares."""
+        return [(owner.settings_namespace(), setting, owner)
+                for owner in self.configurables() for setting in owner.declared_settings()]
 
 
-def collect_pools(pm: pluggy.PluginManager) -> dict[str, type[EnvPool]]:
-    """``family -> pool class``; a duplicate family or env_source is a :class:`PluginError`."""
-    classes = _call_each(pm, "runtimed_env_pools")
-    _unique(classes, "sources", "environment pool")
-    return _unique(classes, "family", "environment pool")
+class _Claims:
+    """Who claimed what, to name both sides of a clash."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.seen: dict[tuple[str, str], type] = {}
+
+    def claim(self, what: str, kind: str, value: str, cls: type) -> None:
+        other = self.seen.setdefault((kind, value), cls)
+        if other is not cls:
+            names = self.registry.plugin_of
+            raise PluginError(
+                f"Two {what}s claim {kind} {value!r}: {qualname(other)} (plugin "
+                f"{names.get(other)!r}) and {qualname(cls)} (plugin {names.get(cls)!r}); "
+                f"disable one with RUNTIMED_DISABLE_PLUGINS"
+            )
 
 
-def collect_sinks(pm: pluggy.PluginManager) -> list[type[OutputSink]]:
-    """Output sink classes in registration order."""
-    return _call_each(pm, "runtimed_output_sinks")
+def _fail(plugin: str, cls: Any, field_name: str, problem: str) -> PluginError:
+    where = qualname(cls) if isinstance(cls, type) else repr(cls)
+    return PluginError(f"Plugin {plugin!r}: {where}.{field_name} {problem}")
+
+
+def _check_name(plugin: str, cls: type, field_name: str, value: Any, *, colon: bool = False) -> None:
+    if not isinstance(value, str) or not value.strip() or (not colon and ":" in value):
+        rule = "a non-empty string" + ("" if colon else " without ':'")
+        raise _fail(plugin, cls, field_name, f"must be {rule}, not {value!r}")
+
+
+def _check_tuple(plugin: str, cls: type, field_name: str, kind: type | tuple[type, ...]) -> tuple:
+    value = getattr(cls, field_name)
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, kind) for v in value):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _fail(plugin, cls, field_name, f"must be a tuple of {names}, not {value!r}")
+    return tuple(value)
+
+
+def _check_settings(plugin: str, cls: type[Configurable]) -> None:
+    _check_tuple(plugin, cls, "settings", Setting)
+    names = [s.name for s in cls.declared_settings()]
+    for name in names:
+        _check_name(plugin, cls, "settings", name)
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise _fail(plugin, cls, "settings", f"declares {sorted(duplicates)} more than once")
+
+
+def _check_launcher(plugin: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, KernelLauncher)):
+        raise PluginError(f"Plugin {plugin!r}: runtimed_kernel_launchers returned {cls!r}, "
+                          "not a KernelLauncher subclass")
+    _check_name(plugin, cls, "kernel_type", getattr(cls, "kernel_type", None))
+    _check_tuple(plugin, cls, "kernelspec_names", str)
+    _check_tuple(plugin, cls, "languages", str)
+    if cls.interrupt_mode not in ("signal", "message"):
+        raise _fail(plugin, cls, "interrupt_mode", f"must be 'signal' or 'message', not {cls.interrupt_mode!r}")
+    if not isinstance(cls.kernelspec, dict):
+        raise _fail(plugin, cls, "kernelspec", f"must be a dict, not {cls.kernelspec!r}")
+    if cls.command is KernelLauncher.command and cls.launch is KernelLauncher.launch:
+        raise _fail(plugin, cls, "command", "is missing: implement command() or launch()")
+    _check_settings(plugin, cls)
+
+
+def _check_pool(plugin: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, EnvPool)):
+        raise PluginError(f"Plugin {plugin!r}: runtimed_env_pools returned {cls!r}, "
+                          "not an EnvPool subclass")
+    family = getattr(cls, "family", None)
+    _check_name(plugin, cls, "family", family)
+    sources = _check_tuple(plugin, cls, "sources", str) if hasattr(cls, "sources") else ()
+    if not sources:
+        raise _fail(plugin, cls, "sources", "must list at least one env_source")
+    for source in sources:
+        if not source.startswith(f"{family}:") or len(source) == len(family) + 1:
+            raise _fail(plugin, cls, "sources", f"has {source!r}, which is not '{family}:<kind>'")
+    declared: list[tuple[str, type, Callable[[Any], str]]] = [
+        ("project_files", ProjectFile, lambda p: p.env_source),
+        ("inline_dependencies", InlineDependencies, lambda p: p.env_source),
+        ("script_blocks", ScriptBlock, lambda p: p.env_source),
+    ]
+    for field_name, kind, env_source in declared:
+        for item in _check_tuple(plugin, cls, field_name, kind):
+            if env_source(item) not in sources:
+                raise _fail(plugin, cls, field_name,
+                            f"names env_source {env_source(item)!r}, which is not in its sources")
+    if not isinstance(cls.default_pool_size, int) or cls.default_pool_size < 0:
+        raise _fail(plugin, cls, "default_pool_size", f"must be an int >= 0, not {cls.default_pool_size!r}")
+    _check_settings(plugin, cls)
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
-    """One entry per registered plugin: name, distribution, version, and the classes it provides."""
+    """One entry per registered plugin: name, distribution, version, and what it provides."""
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     out = []
     for name, plugin in pm.list_name_plugin():
@@ -104,7 +263,7 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
             except Exception as exc:
                 provides[caller.name] = f"error: {type(exc).__name__}: {exc}"
                 continue
-            provides[caller.name] = [f"{c.__module__}.{c.__qualname__}" for c in classes or []]
+            provides[caller.name] = [qualname(c) for c in classes or []]
         out.append(
             {
                 "name": name,

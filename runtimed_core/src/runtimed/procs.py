@@ -1,12 +1,12 @@
-"""Running commands as asyncio subprocesses, for pool plugins (``uv``, an env's python...).
+"""Running commands as asyncio subprocesses, for pool plugins (an installer, an env's python...).
 
 Everything here is pool-agnostic: :func:`run` starts one command, captures its
 output, and on cancellation or timeout kills the command's whole process group
-(uv spawns helpers, e.g. for bytecode compilation) before re-raising, so no
+(installers spawn helpers, e.g. for bytecode compilation) before re-raising, so no
 process or pipe outlives the call. :class:`CommandFailed` quotes the tail of
 the command's stderr; :func:`subprocess_env` passes the daemon's environment
-through; :func:`find_uv` finds uv (from the ``uv`` package when the plugin
-depends on it, else on PATH).
+through; :func:`find_program` finds an executable (one a Python package
+ships, else on PATH).
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ class CommandFailed(Exception):
         super().__init__(self.summary())
 
     def tail(self, lines: int = 15, chars: int = 2000) -> str:
-        """The last lines of the command's stderr: where uv puts the reason it failed."""
+        """The last lines of the command's stderr: where installers put the reason they failed."""
         text = "\n".join(self.stderr.strip().splitlines()[-lines:])
         return text[-chars:]
 
     def summary(self) -> str:
         """``<command> exited with <code>: <stderr tail>`` on one paragraph."""
         words = [Path(self.argv[0]).name]
-        for arg in self.argv[1:3]:  # the subcommand: `uv venv`, `uv pip install`
+        for arg in self.argv[1:3]:  # the subcommand: `<tool> venv`, `<tool> pip install`
             if arg.startswith("-"):
                 break
             words.append(arg)
@@ -54,24 +54,26 @@ class CommandFailed(Exception):
         return f"`{name}` {how}" + (f":\n{tail}" if tail else "")
 
 
-def find_uv() -> str:
-    """The uv executable: the one shipped by the ``uv`` PyPI package, else ``uv`` on PATH.
+def find_program(name: str, *, bundled: Callable[[], str] | None = None, hint: str = "") -> str:
+    """An executable: what ``bundled()`` returns (a binary a Python package ships), else
+    ``name`` on PATH.
 
-    Raises :class:`CommandFailed` (with an install hint) when there is none.
+    ``bundled`` may raise ImportError or OSError (the package or its binary is
+    missing). Raises :class:`CommandFailed` (ending with ``hint``) when there is neither.
     """
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if found:
-            return found
-    raise CommandFailed(["uv"], 127, "uv not found; install it with `pip install uv`")
+    if bundled is not None:
+        try:
+            return bundled()
+        except (ImportError, OSError):
+            pass
+    found = shutil.which(name)
+    if found:
+        return found
+    raise CommandFailed([name], 127, f"{name} not found" + (f"; {hint}" if hint else ""))
 
 
 def subprocess_env(*, for_python: bool = False) -> dict[str, str]:
-    """The daemon's environment, passed through (uv needs ``SSL_CERT_FILE`` and proxies).
+    """The daemon's environment, passed through (installers need ``SSL_CERT_FILE`` and proxies).
 
     With ``for_python``, drop variables that would make an environment's own
     interpreter import code from outside it.
@@ -91,10 +93,10 @@ async def run(
     timeout: float | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> str:
-    """Run ``argv`` to completion and return its stderr (uv logs there).
+    """Run ``argv`` to completion and return its stderr (installers log there).
 
-    ``on_line`` is called with each line of stderr as it arrives (uv reports
-    ``Resolved N packages``, ``Installed N packages``... there); its exceptions
+    ``on_line`` is called with each line of stderr as it arrives (installers
+    report ``Resolved N packages``, ``Installed N packages``... there); its exceptions
     are logged, never raised. Raises :class:`CommandFailed` on a non-zero exit,
     a timeout, or a missing executable. Cancelling the caller kills the
     command's process group.

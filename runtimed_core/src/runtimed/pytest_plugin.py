@@ -7,7 +7,8 @@ directories under pytest's temporary directory, and is stopped afterwards.
 Fixtures:
 
 ``runtimed_daemon`` (session scope)
-    One isolated daemon shared by the test session (uv pool of 2).
+    One isolated daemon shared by the test session (2 ready environments of the
+    default family, none of the others).
 ``runtimed_daemon_factory``
     Start extra daemons with your own options; all are stopped after the test.
 ``runtimed_session_factory``
@@ -33,16 +34,32 @@ import pytest
 
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import RuntimedError
+from runtimed.plugins import Registry
 
 START_TIMEOUT = 60.0
+
+
+def pool_size_env(pool_sizes: dict[str, int] | None = None) -> dict[str, str]:
+    """Environment variables that size every installed pool: ``pool_sizes[family]``, else 2
+    for the default family and 0 for the others (a test asks for what it needs)."""
+    registry = Registry.load()
+    default = registry.default_family(os.environ.get("RUNTIMED_DEFAULT_FAMILY"))
+    env = {}
+    for family, pool in registry.pools.items():
+        size = (pool_sizes or {}).get(family, 2 if family == default else 0)
+        setting = next(s for s in pool.declared_settings() if s.name == "pool_size")
+        env[setting.env_var(family)] = str(size)
+    return env
 
 
 class DaemonProcess:
     """A daemon started for tests: its directories, process, and clients bound to it."""
 
-    def __init__(self, root: Path, *, uv_pool_size: int = 2, conda_pool_size: int = 0,
+    def __init__(self, root: Path, *, pool_sizes: dict[str, int] | None = None,
                  hot_kernels: int = 1, keep_alive_secs: float = 2.0,
                  extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """``pool_sizes``: ready environments per family (default: 2 of the default family,
+        0 of the others); ``extra_args`` go to ``runtimed run``, ``env`` to its environment."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
@@ -54,12 +71,12 @@ class DaemonProcess:
         self.args = [
             "--socket", str(self.socket_path), "--cache-dir", str(self.cache_dir),
             "--state-dir", str(self.state_dir), "--blob-store-dir", str(self.blob_store_dir),
-            "--uv-pool-size", str(uv_pool_size), "--conda-pool-size", str(conda_pool_size),
             "--hot-kernels", str(hot_kernels),
             "--keep-alive-secs", str(keep_alive_secs),
             "--log-level", "debug", *(extra_args or []),
         ]
-        self.env = {**os.environ, "RUNTIMED_LOG_DIR": str(root / "logs"), **(env or {})}
+        self.env = {**os.environ, "RUNTIMED_LOG_DIR": str(root / "logs"),
+                    **pool_size_env(pool_sizes), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
@@ -84,8 +101,11 @@ class DaemonProcess:
     def session(self, notebook_id: str | None = None) -> Session:
         return Session(notebook_id, socket_path=self.socket_path)
 
-    def wait_for_pool(self, available: int = 1, family: str = "uv", timeout: float = 300.0) -> None:
-        """Block until the pool has ``available`` ready environments."""
+    def wait_for_pool(self, available: int = 1, family: str | None = None,
+                      timeout: float = 300.0) -> None:
+        """Block until the pool of ``family`` (default: the default family) has ``available``
+        ready environments."""
+        family = family or Registry.load().default_family(os.environ.get("RUNTIMED_DEFAULT_FAMILY"))
         deadline = time.monotonic() + timeout
         while self.client().status().get(f"{family}_available", 0) < available:
             if time.monotonic() > deadline:
@@ -123,7 +143,7 @@ class DaemonProcess:
 @pytest.fixture(scope="session")
 def runtimed_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """A shared isolated daemon for the test session."""
-    daemon = DaemonProcess(tmp_path_factory.mktemp("runtimed-daemon"), uv_pool_size=2).start()
+    daemon = DaemonProcess(tmp_path_factory.mktemp("runtimed-daemon")).start()
     try:
         yield daemon
     finally:

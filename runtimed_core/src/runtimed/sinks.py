@@ -1,10 +1,15 @@
-"""The output-sink contract: where kernel outputs go.
+"""The output-sink contract: a plugin that sees every kernel output (to log, export, mirror).
 
-Every output a kernel produces is handed to every sink, in order, on the
-daemon's event loop. The daemon's own handling (writing outputs into the
-runtime-state document so every peer sees them) is one such sink; plugins can
-add others (logging, exporting, mirroring). Methods are synchronous and must be
-cheap: a sink that does I/O schedules it itself.
+The daemon itself writes outputs into the runtime-state document, so every
+peer sees them; sinks are extra destinations. Every output of every execution
+is handed to each sink, in plugin registration order, on the daemon's event
+loop, right after the daemon recorded it. A sink sees only what is declared
+here: the execution (:class:`ExecutionContext`) and the Jupyter message. Methods
+are synchronous and must be cheap: a sink that does I/O schedules it itself.
+
+Sinks are isolated from each other and from the cell: an exception in a sink
+is logged (once per execution, naming the plugin) and the other sinks, the
+document and the cell go on as if it had not happened.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ from typing import Any
 from runtimed.config import DaemonConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExecutionContext:
     """The execution an output belongs to."""
 
     notebook_id: str
     execution_id: str
     cell_id: str
-    #: The daemon's room object (used by the built-in document sink; opaque to plugins).
-    room: Any = None
+    #: The code the kernel runs (the cell's source when it was queued).
+    source: str
+    #: The kernel running it, e.g. ``"python"``.
+    kernel_type: str
 
 
 class OutputSink(ABC):
@@ -43,4 +50,5 @@ class OutputSink(ABC):
         with its Jupyter ``content``."""
 
     def on_execution_finished(self, ctx: ExecutionContext, success: bool) -> None:
-        """Optional. The cell finished (the kernel is idle and every output was delivered)."""
+        """Optional. The cell finished (the kernel is idle and every output was delivered),
+        or it ended without running (cancelled, interrupted, the kernel died)."""

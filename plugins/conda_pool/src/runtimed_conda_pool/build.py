@@ -33,6 +33,16 @@ from runtimed_conda_pool.activation import record_activation
 from runtimed_conda_pool.lockfile import LOCK_NAME, Locked, PipLocked, write_lock
 from runtimed_conda_pool.specs import KERNEL_PACKAGES, EnvSpec, spec_name
 
+
+def find_uv() -> str:
+    """uv, for ``pip:`` sections: the ``uv`` package's binary (a dependency), else on PATH."""
+    def bundled() -> str:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+
+    return procs.find_program("uv", bundled=bundled, hint="install it with `pip install uv`")
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -264,7 +274,7 @@ class Builder:
                 )
             )
             argv = [
-                procs.find_uv(),
+                find_uv(),
                 "pip",
                 "install",
                 "--quiet",
@@ -295,7 +305,7 @@ class Builder:
             requirements = Path(tmp) / "requirements.txt"
             requirements.write_text("\n".join(lines) + "\n")
             argv = [
-                procs.find_uv(),
+                find_uv(),
                 "pip",
                 "install",
                 "--quiet",
@@ -324,7 +334,7 @@ class Builder:
                 requirements.write_text("\n".join(from_index) + "\n")
                 out = Path(tmp) / "pylock.toml"
                 argv = [
-                    procs.find_uv(),
+                    find_uv(),
                     "pip",
                     "compile",
                     "--quiet",

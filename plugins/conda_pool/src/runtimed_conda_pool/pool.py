@@ -5,7 +5,8 @@ there is no conda binary. Layout under ``config.cache_dir / "conda-envs"``::
 
     conda-building-<hex>/        an env being built (never handed out; deleted at start)
     conda-prewarmed-<hex>/       a ready pool env (``.warmed``: JSON {created, key, ...})
-    conda-<kind>-<key>/          a cached env (kind: inline, env_yml, pixi, lock)
+    conda-<kind>-<key>/          a cached env (kind: inline, env_yml, pixi, lock; see
+                                 :mod:`runtimed.envcache`: built once, collected by age and count)
     prewarmed.conda-lock.yml     the pool's last solve: replenishing installs from it, no solve
 
 Every env directory holds ``conda-lock.yml``, its exact solve, and
@@ -38,18 +39,22 @@ import logging
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from runtimed import procs
 from runtimed.config import DaemonConfig
+from runtimed.envcache import EnvCache
 from runtimed.envsource import find_project_file
 from runtimed.errors import EnvironmentFailed
-from runtimed.pools import EnvPool, EnvRequest, PoolStatus, PreparedEnv, Progress
+from runtimed.pools import (
+    EnvPool, EnvRequest, InlineDependencies, PoolStatus, PreparedEnv, Progress, ProjectFile,
+)
 from runtimed.prewarm import BuildFailed, Prewarmer
+from runtimed.settings import Setting, csv
 from runtimed_conda_pool.activation import activation_env
 from runtimed_conda_pool.build import Builder
-from runtimed_conda_pool.cache import EnvCache
 from runtimed_conda_pool.lockfile import KEY_FIELD, LOCK_NAME, Locked, LockError, read_lock
 from runtimed_conda_pool.specs import (
     EnvSpec,
@@ -64,6 +69,8 @@ from runtimed_conda_pool.specs import (
 log = logging.getLogger("runtimed.pools.conda")
 
 POOL_LOCK = "prewarmed.conda-lock.yml"
+#: Kinds of cached envs (``conda-<kind>-<key>``).
+CACHED_KINDS = ("inline", "env_yml", "pixi", "lock")
 
 
 def rattler_cache_root(config: DaemonConfig) -> Path:
@@ -78,17 +85,32 @@ class CondaPool(EnvPool):
 
     Tunables: :attr:`prewarmed` (a :class:`Prewarmer`: ``acquire_timeout``,
     ``max_age``...), :attr:`builder` (``compile_bytecode``, ``step_timeout``...),
-    :attr:`cache` (``max_unused``) and :attr:`channels`, all settable after
+    :attr:`cache` (``max_age``, ``max_count``) and :attr:`channels`, all settable after
     construction.
     """
 
     family = "conda"
     sources = ("conda:prewarmed", "conda:inline", "conda:env_yml", "conda:pixi")
+    project_files = (
+        ProjectFile("pixi.toml", "conda:pixi", rank=20),
+        ProjectFile("environment.yml", "conda:env_yml", rank=30),
+        ProjectFile("environment.yaml", "conda:env_yml", rank=31),
+    )
+    inline_dependencies = (InlineDependencies("runt.conda.dependencies", "conda:inline"),)
+    default_pool_size = 1
+    default_rank = 10
+    settings = (
+        Setting("channels", ["conda-forge"], "comma-separated conda channels (names or URLs, "
+                "file:// too)", parse=csv),
+        Setting("env_max_age_secs", 30 * 24 * 3600.0, "cached conda envs (inline, "
+                "environment.yml, pixi, lock) unused this long are removed", parse=float),
+        Setting("env_max_count", 10, "... and the least recently used beyond this many", parse=int),
+    )
 
     def __init__(self, config: DaemonConfig) -> None:
         super().__init__(config)
         self.envs_dir = Path(config.cache_dir) / "conda-envs"
-        self.channels = list(config.conda_channels)
+        self.channels = list(self.setting("channels"))
         self.platform = _current_platform()
         self.builder = Builder(
             cache_root=rattler_cache_root(config), platform=self.platform, log=log
@@ -97,7 +119,7 @@ class CondaPool(EnvPool):
             family="conda",
             label="conda pool",
             envs_dir=self.envs_dir,
-            target=lambda: self.config.pool_size(self.family),
+            target=lambda: self.pool_size,
             build=self._build_prewarmed,
             is_current=self._is_current,
             python=lambda path: path / "bin" / "python",
@@ -105,7 +127,14 @@ class CondaPool(EnvPool):
             fix_hint=self._fix_hint,
             log=log,
         )
-        self.cache = EnvCache(self.envs_dir, self._build_cached, log)
+        self.cache = EnvCache(
+            self.envs_dir,
+            prefixes=tuple(f"conda-{kind}-" for kind in CACHED_KINDS),
+            max_age=float(self.setting("env_max_age_secs")),
+            max_count=int(self.setting("env_max_count")),
+            label="Conda pool",
+            log=log,
+        )
 
     # -- the EnvPool contract -------------------------------------------------
 
@@ -123,7 +152,7 @@ class CondaPool(EnvPool):
         if self.prewarmed.running:
             return
         self.envs_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.cache.prune)
+        await self.cache.start()
         log.info("Conda pool: channels %s, platform %s", ", ".join(self.channels), self.platform)
         await self.prewarmed.start()
 
@@ -167,8 +196,10 @@ class CondaPool(EnvPool):
             spec = await asyncio.to_thread(self._spec_for, request, project, lock)
         except SpecError as exc:
             raise EnvironmentFailed(str(exc), env_source=source) from None
+        name = f"conda-{spec.kind}-{spec.key[:24]}"
         try:
-            path, reused = await self.cache.get(spec, progress)
+            path, reused = await self.cache.acquire(
+                name, partial(self._build_cached, spec), progress, env_source=source)
         except BuildFailed as exc:
             raise EnvironmentFailed(
                 f"Could not build the conda environment for {source} from {spec.describe()}: {exc}",
@@ -181,13 +212,16 @@ class CondaPool(EnvPool):
             prefix=path,
             python=[str(path / "bin" / "python")],
             env=await activation_env(path, log),
-            extra={"kind": spec.kind, "key": spec.key, "reused": reused},
+            extra={"kind": spec.kind, "key": spec.key, "cached": name, "reused": reused},
         )
 
     async def release(self, env: PreparedEnv) -> None:
-        """A pool env is deleted (it served exactly one kernel); cached envs stay for the next."""
+        """A pool env is deleted (it served exactly one kernel); a cached env stays for the next
+        kernel (and becomes collectable once no kernel uses it)."""
         if env.extra.get("kind") == "prewarmed":
             await self.prewarmed.release(Path(env.prefix))
+        elif env.extra.get("cached"):
+            self.cache.release(env.extra["cached"])
 
     def status(self) -> PoolStatus:
         """Counts of the prewarmed pool (cached envs are built on demand and not counted)."""
@@ -233,6 +267,7 @@ class CondaPool(EnvPool):
     async def _build_cached(
         self, spec: EnvSpec, directory: Path, progress: Progress
     ) -> dict[str, Any]:
+        """Build a cached env for ``spec`` (the cache's build function)."""
         locked = None
         if spec.lock_file is not None:
             try:
@@ -240,7 +275,8 @@ class CondaPool(EnvPool):
             except LockError as exc:
                 raise BuildFailed(str(exc)) from None
         result = await self.builder.build(spec, directory, progress, locked=locked)
-        return result.marker()
+        return {**result.marker(), "kind": spec.kind, "key": spec.key,
+                "source": str(spec.source) if spec.source else None}
 
     async def _build_prewarmed(self, directory: Path, progress: Progress) -> dict[str, Any]:
         """One pool env: from the pool's lock when it is current, else solved (and locked)."""
@@ -325,8 +361,8 @@ def notebook_lock(notebook_path: Path | None, project_file: Path | None = None) 
 
 
 def _find(notebook_path: Path | None, source: str) -> Path | None:
-    found = find_project_file(notebook_path, "conda")
-    return found[0] if found is not None and found[1] == source else None
+    found = find_project_file(notebook_path, CondaPool.project_files)
+    return found[0] if found is not None and found[1].env_source == source else None
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -132,7 +132,7 @@ def inline_spec(metadata: Mapping[str, Any], channels: Sequence[str], platform: 
     from runtimed.errors import InvalidRequest
 
     try:
-        deps = inline_dependencies(dict(metadata), "conda")
+        deps = inline_dependencies(dict(metadata), "runt.conda.dependencies")
     except InvalidRequest as exc:
         raise SpecError(exc.message) from None
     runt = metadata.get("runt")

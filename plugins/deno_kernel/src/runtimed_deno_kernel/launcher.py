@@ -17,6 +17,7 @@ import subprocess
 from typing import ClassVar
 
 from runtimed.errors import KernelLaunchFailed
+from runtimed.kernel_handles import KernelHandle
 from runtimed.launchers import KernelLauncher, LaunchContext
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class DenoKernelLauncher(KernelLauncher):
     """``deno jupyter --kernel --conn <connection file>``: TypeScript and JavaScript notebooks."""
 
     kernel_type = "deno"
+    kernelspec_names = ("deno",)
+    languages = ("typescript", "javascript")
     needs_env = False
     # SIGINT kills the Deno kernel; an interrupt_request stops a busy synchronous loop.
     interrupt_mode = "message"
@@ -102,8 +105,8 @@ class DenoKernelLauncher(KernelLauncher):
         "name": "deno", "display_name": "Deno", "language": "typescript",
     }
     #: Deno publishes a cell's last outputs (stream, execute_result) a few milliseconds after
-    #: its execute_reply and idle status; the daemon should keep routing the cell's IOPub this
-    #: many seconds longer. (Not read by the core yet.)
+    #: its execute_reply and idle status; the daemon keeps routing the cell's IOPub this
+    #: many seconds longer.
     output_grace: ClassVar[float] = 0.03
 
     def command(self, ctx: LaunchContext) -> list[str]:
@@ -118,7 +121,7 @@ class DenoKernelLauncher(KernelLauncher):
         env.setdefault("DENO_NO_UPDATE_CHECK", "1")  # never reach out for a new release
         return env
 
-    async def launch(self, ctx: LaunchContext) -> asyncio.subprocess.Process:
+    async def launch(self, ctx: LaunchContext) -> KernelHandle:
         # The first lookup runs ``deno --version``: keep it off the daemon's event loop.
         await asyncio.to_thread(find_deno, ctx.env.get("PATH"))
         return await super().launch(ctx)

@@ -23,8 +23,12 @@ class PythonKernelLauncher(KernelLauncher):
     """``<env python> -m ipykernel_launcher -f <connection file>``."""
 
     kernel_type = "python"
+    kernelspec_names = ("python3", "python")
+    languages = ("python",)
     needs_env = True
     interrupt_mode = "signal"
+    hot = True
+    default_rank = 0
     kernelspec: ClassVar[dict[str, str]] = {
         "name": "python3", "display_name": "Python 3", "language": "python",
     }

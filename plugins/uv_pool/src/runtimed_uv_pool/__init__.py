@@ -4,7 +4,7 @@ The daemon finds this plugin through the ``runtimed`` entry point
 (:mod:`runtimed_uv_pool.hooks`) and drives :class:`UvPool`. Each pool env is a
 relocatable ``uv venv`` with ipykernel, ipywidgets and the user's default
 packages, bytecode-compiled and import-tested before it is handed out. Inline
-and PEP 723 envs are cached per dependency set (:mod:`runtimed_uv_pool.cache`);
+and PEP 723 envs are cached per dependency set (:mod:`runtimed.envcache`);
 pyproject projects run in their own uv env (:mod:`runtimed_uv_pool.project`).
 """
 

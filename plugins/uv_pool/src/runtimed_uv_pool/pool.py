@@ -2,7 +2,7 @@
 
 ``uv:prewarmed``: N ready virtual environments with ipykernel, built ahead of
 time. ``uv:inline`` / ``uv:pep723``: an env per dependency set, built once and
-cached (:mod:`runtimed_uv_pool.cache`), preferably from a prewarmed env (uv
+cached (:mod:`runtimed.envcache`), preferably from a prewarmed env (uv
 then installs only the missing packages: about 1 s instead of about 5 s from
 nothing). ``uv:pyproject``: the project's own env plus an ipykernel overlay
 (:mod:`runtimed_uv_pool.project`).
@@ -12,7 +12,7 @@ Layout under ``config.cache_dir / "envs"``::
     uv-prewarmed-<hex>.partial/  an env being built (never handed out; deleted at start)
     uv-prewarmed-<hex>/          a ready env; ``.warmed`` holds JSON {created, python, packages}
                                  (an env handed to a kernel loses its marker: never reused)
-    uv-inline-<key>/, uv-project-<key>/   cached envs, see :mod:`runtimed_uv_pool.cache`
+    uv-inline-<key>/, uv-project-<key>/   cached envs, see :mod:`runtimed.envcache`
 
 The pool touches nothing else in that directory (other pools share it).
 
@@ -33,11 +33,15 @@ from typing import Any
 
 from runtimed import procs
 from runtimed.config import DaemonConfig
+from runtimed.envcache import EnvCache
 from runtimed.errors import EnvironmentFailed
-from runtimed.pools import EnvPool, EnvRequest, PoolStatus, PreparedEnv, Progress
-from runtimed.prewarm import BuildFailed, Prewarmer, ReadyEnv, wait_event
+from runtimed.pools import (
+    EnvPool, EnvRequest, InlineDependencies, PoolStatus, PreparedEnv, Progress, ProjectFile,
+    ScriptBlock,
+)
+from runtimed.prewarm import BuildFailed, Prewarmer, ReadyEnv
+from runtimed.settings import Setting
 from runtimed_uv_pool import project, specs
-from runtimed_uv_pool.cache import BuildAbandoned, EnvCache
 from runtimed_uv_pool.project import Interpreter
 
 log = logging.getLogger("runtimed.pools.uv")
@@ -96,6 +100,18 @@ class UvPool(EnvPool):
 
     family = "uv"
     sources = ("uv:prewarmed", "uv:inline", "uv:pep723", "uv:pyproject")
+    project_files = (ProjectFile("pyproject.toml", "uv:pyproject", rank=10,
+                                 accepts=specs.looks_like_project),)
+    inline_dependencies = (InlineDependencies("runt.uv.dependencies", "uv:inline"),)
+    script_blocks = (ScriptBlock("script", "uv:pep723"),)
+    default_pool_size = 2
+    default_rank = 0
+    settings = (
+        Setting("inline_env_max_age_secs", 86400.0, "cached inline / PEP 723 / project envs "
+                "unused this long are removed", parse=float, env="RUNTIMED_INLINE_ENV_MAX_AGE_SECS"),
+        Setting("inline_env_max_count", 10, "... and the least recently used beyond this many",
+                parse=int, env="RUNTIMED_INLINE_ENV_MAX_COUNT"),
+    )
 
     # The prewarmed pool's tunables (see :class:`Prewarmer`), settable here too.
     #: Longest :meth:`acquire` waits for the warmer, in seconds.
@@ -122,7 +138,7 @@ class UvPool(EnvPool):
             label="uv pool",
             log_label="UV pool",
             envs_dir=self.envs_dir,
-            target=lambda: self.config.pool_size(self.family),
+            target=lambda: self.pool_size,
             build=self._build,
             is_current=self._is_current,
             python=_python,
@@ -136,12 +152,12 @@ class UvPool(EnvPool):
         )
         self.cache = EnvCache(
             self.envs_dir,
-            self.prewarmed.discard,
-            max_age=float(getattr(config, "inline_env_max_age_secs", 86400.0)),
-            max_count=int(getattr(config, "inline_env_max_count", 10)),
+            prefixes=(INLINE_PREFIX, PROJECT_PREFIX),
+            max_age=float(self.setting("inline_env_max_age_secs")),
+            max_count=int(self.setting("inline_env_max_count")),
+            label="UV pool",
+            log=log,
         )
-        self._collector: asyncio.Task[None] | None = None
-        self._collect_wake = asyncio.Event()
         self._project_locks: dict[Path, asyncio.Lock] = {}
         self._interpreter_info: Interpreter | None = None
 
@@ -149,7 +165,7 @@ class UvPool(EnvPool):
 
     @property
     def target(self) -> int:
-        """How many ready envs the pool keeps (``config.pool_size("uv")``)."""
+        """How many ready envs the pool keeps (the ``uv.pool_size`` setting)."""
         return self.prewarmed.target
 
     @property
@@ -161,12 +177,9 @@ class UvPool(EnvPool):
         """Reuse valid envs left on disk, delete the rest, and start warming in the background."""
         if self.prewarmed.running:
             return
-        # Fresh event: asyncio primitives bind to the loop that first waits on them.
-        self._collect_wake = asyncio.Event()
         self._project_locks.clear()
         await self.prewarmed.start()
-        self.cache.clean_leftovers()
-        self._collector = asyncio.create_task(self._collect_loop(), name="runtimed-uv-env-gc")
+        await self.cache.start()
 
     async def stop(self) -> None:
         """Cancel the warmer (killing a running uv), wake waiters, finish deletions.
@@ -174,11 +187,7 @@ class UvPool(EnvPool):
         Ready envs stay on disk for the next :meth:`start`. Safe to call twice.
         """
         await self.prewarmed.stop()
-        await self.cache.cancel_builds()
-        collector, self._collector = self._collector, None
-        if collector is not None:
-            collector.cancel()
-            await asyncio.wait({collector})
+        await self.cache.stop()
         await self.prewarmed.drain_deletions()
 
     async def acquire(self, request: EnvRequest, progress: Progress) -> PreparedEnv:
@@ -229,8 +238,7 @@ class UvPool(EnvPool):
                     "UV pool: %s is not the cached env %s; ignoring its release", prefix, cached
                 )
                 return
-            self.cache.unhold(cached)
-            self._collect_garbage()
+            self.cache.release(cached)
             return
         if env.extra.get("project_env"):
             return
@@ -481,24 +489,8 @@ class UvPool(EnvPool):
         extra: dict[str, Any] | None = None,
     ) -> PreparedEnv:
         """The cached env ``name``, built first (once, whoever else asks meanwhile) if missing."""
-        self.cache.hold(name)  # before any await: the collector must not take it from here on
-        try:
-            path = self.cache.ready(name)
-            if path is not None:
-                progress("preparing_env", reuse_message)
-            else:
-                try:
-                    path = await self.cache.build_once(name, progress, build)
-                except BuildAbandoned:
-                    raise EnvironmentFailed(
-                        "The uv pool stopped while building the environment; try again.",
-                        env_source=env_source,
-                    ) from None
-        except BaseException:
-            self.cache.unhold(name)
-            raise
-        self.cache.touch(name)
-        self._collect_garbage()
+        path, _ = await self.cache.acquire(name, build, progress, env_source=env_source,
+                                           reuse_message=reuse_message)
         return PreparedEnv(
             env_source=env_source,
             prefix=path,
@@ -587,7 +579,7 @@ class UvPool(EnvPool):
 
     def _uv_bin(self, env_source: str) -> str:
         try:
-            return procs.find_uv()
+            return find_uv()
         except procs.CommandFailed as exc:
             raise EnvironmentFailed(exc.tail(), env_source=env_source) from None
 
@@ -608,25 +600,6 @@ class UvPool(EnvPool):
                 ) from None
         return self._interpreter_info
 
-    # -- garbage collection of cached envs --------------------------------------
-
-    def _collect_garbage(self) -> None:
-        """Collect now, and let the collector recompute when the next env expires."""
-        self.cache.collect()
-        self._collect_wake.set()
-
-    async def _collect_loop(self) -> None:
-        """Delete cached envs as they expire (acquire and release collect as well)."""
-        while True:
-            self._collect_wake.clear()
-            try:
-                self.cache.collect()
-                wait = self.cache.next_expiry()
-            except Exception:  # a bug: keep the daemon up, try again later
-                log.exception("UV pool: collecting cached environments failed")
-                wait = 3600.0
-            await wait_event(self._collect_wake, None if wait is None else wait + 1.0)
-
     def _fix_hint(self) -> str:
         extra = self.config.default_packages
         packages = f" (RUNTIMED_DEFAULT_PACKAGES={','.join(extra)})" if extra else ""
@@ -641,7 +614,7 @@ class UvPool(EnvPool):
         """Build one pool env into ``tmp``; return its marker fields (python, packages)."""
         python = _python(tmp)
         try:
-            uv_bin = procs.find_uv()
+            uv_bin = find_uv()
         except procs.CommandFailed as exc:
             raise BuildFailed(exc.tail()) from exc
         await self._step("Creating the venv", venv_argv(uv_bin, self.config.python, tmp))
@@ -677,6 +650,16 @@ class UvPool(EnvPool):
         except procs.CommandFailed:
             return False
         return True
+
+
+def find_uv() -> str:
+    """The uv executable: the one the ``uv`` package (a dependency) ships, else ``uv`` on PATH."""
+    def bundled() -> str:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+
+    return procs.find_program("uv", bundled=bundled, hint="install it with `pip install uv`")
 
 
 def _python(env: Path) -> Path:

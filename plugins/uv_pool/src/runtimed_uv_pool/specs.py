@@ -261,6 +261,18 @@ def is_uv_project(data: dict[str, Any]) -> bool:
     )
 
 
+def looks_like_project(path: Path) -> bool:
+    """For ``auto``: whether a found ``pyproject.toml`` is a project uv can run.
+
+    An unreadable or malformed file counts as one, so the pool reports the
+    problem with the file's path instead of ``auto`` silently passing it by.
+    """
+    try:
+        return is_uv_project(read_pyproject(path))
+    except EnvironmentFailed:
+        return True
+
+
 def project_requires_python(data: dict[str, Any]) -> str | None:
     """``project.requires-python`` when it is a valid specifier, else None."""
     project = data.get("project")

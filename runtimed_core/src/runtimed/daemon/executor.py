@@ -4,6 +4,11 @@ One execution at a time, FIFO. Queueing a cell that is already queued or
 running returns the existing execution. An error stops the queue (the cells
 still queued fail as cancelled). Interrupt clears the queue and interrupts the
 running cell. A kernel that dies fails its running and queued cells.
+
+The runner sees the room only through :class:`~runtimed.daemon.host.RoomHost`,
+and the kernel through its :class:`~runtimed.daemon.provisioning.Lease`;
+restarting and releasing the kernel are the caller's (``restart`` and
+``release``), so the runner can be driven with a fake kernel handle.
 """
 
 from __future__ import annotations
@@ -13,28 +18,22 @@ import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from runtimed.daemon.kernel import KernelProcess
-from runtimed.document import notebook
+from runtimed.daemon.host import RoomHost
+from runtimed.daemon.outputs import PROGRESS_DELAY, OutputRecorder
+from runtimed.daemon.plugin_sinks import PluginSinks
+from runtimed.daemon.provisioning import Lease
 from runtimed.errors import KernelDied, KernelError
-from runtimed.launchers import KernelLauncher, LaunchContext
-from runtimed.pools import EnvPool, PreparedEnv
 from runtimed.sinks import ExecutionContext
-
-if TYPE_CHECKING:
-    from runtimed.daemon.room import Room
 
 log = logging.getLogger(__name__)
 
 OUTPUT_MSG_TYPES = frozenset(
     ("stream", "display_data", "execute_result", "error", "clear_output", "update_display_data")
 )
-#: How long progress (queued, running, outputs) may wait to be synced: a short execution
-#: reaches peers as one message, a chatty one as a few per display frame.
-PROGRESS_DELAY = 0.004
 #: How long an interrupted cell may take to end before interrupt() reports it could not.
 INTERRUPT_GRACE = 5.0
 #: Finished executions kept in the runtime-state document per room (older ones are dropped).
@@ -61,20 +60,23 @@ class Execution:
 
 
 class KernelRunner:
-    """The kernel of one room, the queue in front of it, and the task that drains the queue."""
+    """The kernel of one room, the queue in front of it, and the task that drains the queue.
 
-    def __init__(
-        self, room: Room, launcher: KernelLauncher, env: PreparedEnv | None, pool: EnvPool | None,
-        cwd: Path,
-    ) -> None:
-        self.room = room
-        self.launcher = launcher
-        self.env = env
-        self.pool = pool
-        self.cwd = cwd
-        self.kernel_type = launcher.kernel_type
-        self.env_source = env.env_source if env is not None else launcher.kernel_type
-        self.process: KernelProcess | None = None
+    ``restart(lease)`` returns a lease with a new kernel (the old one is gone);
+    ``release(lease)`` stops the kernel for good and hands its environment back.
+    """
+
+    def __init__(self, host: RoomHost, lease: Lease, *, sinks: PluginSinks,
+                 restart: Callable[[Lease], Awaitable[Lease]],
+                 release: Callable[[Lease], Awaitable[None]]) -> None:
+        self.host = host
+        self.lease = lease
+        self.sinks = sinks
+        self._restart = restart
+        self._release = release
+        self.outputs = OutputRecorder(host)
+        self.kernel_type = lease.kernel_type
+        self.env_source = lease.env_source
         self.queue: deque[Execution] = deque()
         self.running: Execution | None = None
         self._active: dict[str, Execution] = {}  # cell_id -> queued or running execution
@@ -83,56 +85,40 @@ class KernelRunner:
         self._runner: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.dead_reason: str | None = None
+        self._released = False
 
     # lifecycle ----------------------------------------------------------------------------------
-    async def start(self, hot: KernelProcess | None = None) -> None:
-        """Launch the kernel process (or adopt the already running ``hot`` one) and begin
-        draining the queue."""
-        room = self.room
-        started = asyncio.get_running_loop().time()
-        if hot is not None:
-            process = hot
-            ctx = LaunchContext(notebook_id=room.notebook_id, connection_file=hot.connection_file,
-                                cwd=self.cwd, env={}, prepared_env=self.env)
-            code = self.launcher.claim_code(ctx, hot.cwd or self.cwd)
-            try:
-                if code:
-                    await process.run_silently(code)
-            except BaseException:
-                await process.kill()
-                raise
-        else:
-            room.writer.set_kernel(lifecycle="launching", progress=f"Starting {self.kernel_type} kernel")
-            room.schedule_flush()
-            process = KernelProcess(self.launcher, room.daemon.runtime_dir)
-            room.writer.set_kernel(lifecycle="connecting")
-            await process.start(notebook_id=room.notebook_id, cwd=self.cwd, env=self.env)
-        self.process = process
-        log.info("%s: %s kernel %s in %.3f s (pid %s, %s)", room.notebook_id, self.kernel_type,
-                 "claimed" if hot is not None else "ready", asyncio.get_running_loop().time() - started,
-                 process.pid, self.env_source)
+    def start(self) -> None:
+        """Begin watching the lease's kernel and draining the queue."""
+        kernel = self.lease.kernel
         self.dead_reason = None
-        room.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None)
-        room.schedule_flush()
-        self._watcher = asyncio.create_task(self._watch(process))
+        self.host.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None)
+        self.host.schedule_flush()
+        self._watcher = asyncio.create_task(self._watch(kernel))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._drain())
 
     async def restart(self) -> None:
-        """Replace the kernel process; queued and running cells fail.
-
-        The old process is killed at once (its state is being thrown away). The new
-        one is a hot kernel of the same kind when one is ready (prewarmed envs are
-        interchangeable), else a fresh process in the same environment.
-        """
+        """Replace the kernel; queued and running cells fail."""
         self._fail_all("Kernel restarted", "restarted")
-        await self._stop_process(graceful=False)
-        hot = self.room.daemon.hot.claim(self.kernel_type, self.env_source)
-        if hot is not None:
-            if self.env is not None and self.pool is not None:
-                await self.pool.release(self.env)
-            self.env, self.pool = hot.env, hot.pool
-        await self.start(hot.process if hot is not None else None)
+        if self._watcher is not None:
+            self._watcher.cancel()
+        host = self.host
+        host.writer.set_kernel(lifecycle="launching", progress=f"Restarting {self.kernel_type} kernel")
+        host.schedule_flush()
+        try:
+            self.lease = await self._restart(self.lease)
+        except BaseException as exc:
+            self._released = True  # the caller's restart handed the environment back
+            self.dead_reason = exc.message if isinstance(exc, KernelError) else f"{type(exc).__name__}: {exc}"
+            host.writer.set_kernel(lifecycle="error", activity=None, progress=None,
+                                   error=self.dead_reason)
+            host.schedule_flush()
+            raise
+        log.info("%s: %s kernel %s (pid %s, %s)", host.notebook_id, self.kernel_type,
+                 "restarted (claimed)" if self.lease.claimed else "restarted",
+                 self.lease.kernel.pid, self.env_source)
+        self.start()
 
     async def shutdown(self) -> None:
         """Stop the kernel for good and hand the environment back."""
@@ -141,35 +127,27 @@ class KernelRunner:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        await self._stop_process()
-        if self.env is not None and self.pool is not None:
-            await self.pool.release(self.env)
-            self.env = None
-
-    async def _stop_process(self, graceful: bool = True) -> None:
-        process, self.process = self.process, None
         if self._watcher is not None:
             self._watcher.cancel()
-        if process is not None:
-            await (process.shutdown() if graceful else process.kill())
+        if not self._released:
+            self._released = True
+            await self._release(self.lease)
 
-    async def _watch(self, process: KernelProcess) -> None:
-        assert process.exited is not None
-        await asyncio.shield(process.exited)  # cancelling this watcher must not cancel the future
-        if process.closing or process is not self.process:
+    async def _watch(self, kernel: Any) -> None:
+        await asyncio.shield(kernel.exited)  # cancelling this watcher must not cancel the future
+        if kernel.closing or kernel is not self.lease.kernel:
             return
-        reason = process.death_message()
-        log.warning("%s: %s", self.room.notebook_id, reason)
+        reason = kernel.death_message()
+        log.warning("%s: %s", self.host.notebook_id, reason)
         self.dead_reason = reason
-        self.process = None
-        await process.kill()
+        await kernel.kill()
         self._fail_all(reason, "kernel_died")
-        self.room.writer.set_kernel(lifecycle="error", activity=None, error=reason)
-        self.room.schedule_flush()
+        self.host.writer.set_kernel(lifecycle="error", activity=None, error=reason)
+        self.host.schedule_flush()
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.alive
+        return not self._released and self.lease.kernel.alive
 
     # queue ----------------------------------------------------------------------------------------
     def queue_cell(self, cell_id: str, source: str) -> Execution:
@@ -178,19 +156,18 @@ class KernelRunner:
             return existing
         if not self.alive:
             raise KernelDied(self.dead_reason or "The kernel is not running", cell_id=cell_id)
-        room = self.room
         ex = Execution(
             id=f"exec-{uuid.uuid4()}", cell_id=cell_id, source=source,
             done=asyncio.get_running_loop().create_future(),
         )
-        ex.ctx = ExecutionContext(room.notebook_id, ex.id, cell_id, room)
+        ex.ctx = ExecutionContext(self.host.notebook_id, ex.id, cell_id, source, self.kernel_type)
         if self.running is None and not self.queue:
             # The kernel is free: the cell runs next, and is recorded (as running) only once
             # its request is on the way to the kernel.
             ex.status = "running"
         else:
             self._record(ex)
-            room.schedule_flush(PROGRESS_DELAY)
+            self.host.schedule_flush(PROGRESS_DELAY)
         self.queue.append(ex)
         self._active[cell_id] = ex
         self._wake.set()
@@ -213,9 +190,9 @@ class KernelRunner:
         """
         self.interrupt_queue()
         running = self.running
-        if self.process is None:
+        if not self.alive:
             return
-        await self.process.interrupt()
+        await self.lease.kernel.interrupt()
         if running is None:
             return
         with contextlib.suppress(asyncio.TimeoutError):
@@ -225,7 +202,7 @@ class KernelRunner:
                 f"The {self.kernel_type} kernel did not stop cell {running.cell_id} within "
                 f"{INTERRUPT_GRACE:g} s of the interrupt: it may be waiting on something it cannot "
                 "interrupt (in Deno, a pending await). restart_kernel() stops it.",
-                cell_id=running.cell_id, notebook_id=self.room.notebook_id)
+                cell_id=running.cell_id, notebook_id=self.host.notebook_id)
 
     def _fail_all(self, reason: str, failure: str) -> None:
         pending = ([self.running] if self.running else []) + list(self.queue)
@@ -233,18 +210,16 @@ class KernelRunner:
         for ex in pending:
             self._finish(ex, status="error", error=reason, failure=failure)
         self.running = None
-        self.room.schedule_flush()
+        self.host.schedule_flush()
 
     def _record(self, ex: Execution, *, running: bool = False) -> None:
-        self.room.writer.add_execution(ex.id, ex.cell_id, ex.source, running=running)
+        self.host.writer.add_execution(ex.id, ex.cell_id, ex.source, running=running)
         ex.recorded = True
 
     def _annotate_cell(self, ex: Execution, delay: float = 0.0) -> None:
         """One notebook change: the cell points at its latest execution and its count."""
-        room = self.room
-        notebook.set_execution(room.doc, ex.cell_id, execution_id=ex.id, execution_count=ex.execution_count)
+        self.host.annotate_cell(ex.cell_id, ex.id, ex.execution_count, delay)
         ex.annotated, ex.annotated_count = True, ex.execution_count
-        room.doc_changed_locally(delay)
 
     def _finish(self, ex: Execution, *, status: str, error: str | None = None,
                 success: bool | None = None, failure: str | None = None,
@@ -258,22 +233,24 @@ class KernelRunner:
         ex.error = error
         ex.failure = failure
         self._active.pop(ex.cell_id, None)
-        room = self.room
         if not ex.recorded:  # ended before its request reached the kernel
             self._record(ex)
-        room.writer.update_execution(
+        self.host.writer.update_execution(
             ex.id, kernel, status=status, success=ex.success, error=error, failure=failure,
             execution_count=ex.execution_count,
         )
         if not ex.annotated or ex.execution_count != ex.annotated_count:
             self._annotate_cell(ex)
-        for sink in room.daemon.sinks:
-            sink.on_execution_finished(ex.ctx, ex.success)
+        self.outputs.finished(ex.id)
+        if self.sinks:
+            self.sinks.finished(ex.ctx, ex.success)
         ex.done.set_result(None)
         self._finished.append(ex.id)
         if len(self._finished) > KEEP_FINISHED:
             old = {self._finished.popleft() for _ in range(len(self._finished) - KEEP_FINISHED)}
-            room.forget_executions(old)
+            for eid in old:
+                self.host.writer.forget_execution(eid)
+            self.outputs.forget(old)
 
     async def _drain(self) -> None:
         while True:
@@ -285,18 +262,20 @@ class KernelRunner:
             await self._run(ex)
 
     async def _run(self, ex: Execution) -> None:
-        process = self.process
-        if process is None:
+        if not self.alive:
             self._finish(ex, status="error", error=self.dead_reason or "The kernel is not running",
                          failure="kernel_died")
             return
-        room = self.room
-        sinks = room.daemon.sinks
+        kernel = self.lease.kernel
+        host = self.host
+        outputs = self.outputs
+        sinks = self.sinks or None
         self.running = ex
         ex.status = "running"
         loop = asyncio.get_running_loop()
         idle: asyncio.Future[None] = loop.create_future()
         ctx = ex.ctx
+        eid = ex.id
 
         saw_error = False
 
@@ -305,18 +284,19 @@ class KernelRunner:
             content = msg["content"]
             saw_error = saw_error or msg_type == "error"
             if msg_type in OUTPUT_MSG_TYPES:
-                for sink in sinks:
-                    sink.on_output(ctx, msg_type, content)
+                outputs.output(eid, msg_type, content)
+                if sinks is not None:
+                    sinks.output(ctx, msg_type, content)
             elif msg_type == "status":
                 if content.get("execution_state") == "idle" and not idle.done():
                     idle.set_result(None)
             elif msg_type == "execute_input":
                 ex.execution_count = content.get("execution_count")
                 self._annotate_cell(ex, PROGRESS_DELAY)  # while the kernel works, not after
-                for sink in sinks:
-                    sink.on_execution_started(ctx, ex.execution_count)
+                if sinks is not None:
+                    sinks.started(ctx, ex.execution_count)
 
-        reply = process.request(
+        reply = kernel.request(
             "shell", "execute_request",
             {"code": ex.source, "silent": False, "store_history": True, "user_expressions": {},
              "allow_stdin": False, "stop_on_error": False},
@@ -324,41 +304,39 @@ class KernelRunner:
         )
         # the kernel is already at work: record that while it runs
         if ex.recorded:  # as queued
-            room.writer.update_execution(ex.id, status="running", kernel={"activity": "busy"})
+            host.writer.update_execution(ex.id, status="running", kernel={"activity": "busy"})
         else:
             self._record(ex, running=True)
-        room.schedule_flush(PROGRESS_DELAY)
+        host.schedule_flush(PROGRESS_DELAY)
         msg_id = None
         try:
-            assert process.exited is not None
             both = asyncio.gather(reply, idle)
-            await asyncio.wait({both, process.exited}, return_when=asyncio.FIRST_COMPLETED)
-            if not both.done():  # the process exited first; _watch fails this execution
-                both.cancel()
+            await asyncio.wait({both, kernel.exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not both.done() or reply.cancelled():  # the kernel is gone; this execution is
+                both.cancel()                          # failed by whoever stopped it (or _watch)
                 with contextlib.suppress(asyncio.CancelledError):
                     await both
                 await ex.done
                 return
-            grace = self.launcher.output_grace
+            grace = self.lease.launcher.output_grace
             if grace > 0:  # a kernel that publishes outputs after idle: keep routing them a moment
-                await asyncio.wait({process.exited}, timeout=grace)
+                await asyncio.wait({kernel.exited}, timeout=grace)
             content = reply.result()["content"]
             msg_id = reply.result()["parent_header"].get("msg_id")
         finally:
             if self.running is ex:
                 self.running = None
         if msg_id:
-            process.forget(msg_id)
+            kernel.forget(msg_id)
         if ex.execution_count is None:
             ex.execution_count = content.get("execution_count")
         ok = content.get("status") == "ok"
         error = None if ok else _reply_error(content)
         if not ok and not saw_error and content.get("status") == "error":
-            # some kernels (Deno on a syntax error) fail a cell without an error output
-            for sink in sinks:
-                sink.on_output(ctx, "error", {"ename": content.get("ename", "Error"),
-                                              "evalue": content.get("evalue", ""),
-                                              "traceback": content.get("traceback", [])})
+            # some kernels fail a cell (a syntax error, say) without an error output
+            on_iopub("error", {"content": {"ename": content.get("ename", "Error"),
+                                           "evalue": content.get("evalue", ""),
+                                           "traceback": content.get("traceback", [])}})
         if not ok:  # stop on error: what was queued behind this cell will not run
             for queued in list(self.queue):
                 self._finish(queued, status="error", failure="cancelled",
@@ -366,7 +344,7 @@ class KernelRunner:
             self.queue.clear()
         self._finish(ex, status="done" if ok else "error", success=ok, error=error,
                      kernel=None if self.queue else {"activity": "idle"})
-        room.flush()
+        host.flush()
 
 
 def _reply_error(content: dict[str, Any]) -> str:

@@ -1,36 +1,34 @@
-"""A room: one notebook's documents, its connected peers, and its kernel.
+"""A room: one notebook's documents and its connected peers (and, beside them, its kernel).
 
 Every peer holds replicas of both documents. A peer's sync message is applied
 at once (inside the socket callback) and the room answers on the next tick
 with one message per peer per document, which is also how changes are
 re-broadcast to the other peers. Requests that act on the document first wait
-for its ``required_heads``.
+for its ``required_heads``. The notebook document is persisted as it changes
+(:mod:`~runtimed.daemon.persistence`). The room's kernel is a
+:class:`~runtimed.daemon.room_kernel.RoomKernel`, which sees the room only as
+a :class:`~runtimed.daemon.host.RoomHost`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from runtimed import envsource
-from runtimed.daemon.executor import KernelRunner
+from runtimed.config import DaemonConfig
 from runtimed.daemon.persistence import DocStore
+from runtimed.daemon.plugin_sinks import PluginSinks
+from runtimed.daemon.provisioning import Provisioner
+from runtimed.daemon.room_kernel import RoomKernel
 from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
-from runtimed.document.runtime_state import LIFECYCLES, RuntimeStateWriter, read_kernel
-from runtimed.errors import InvalidRequest, NoKernel, ProtocolError, RuntimedError
-from runtimed.pools import EnvRequest
+from runtimed.document.runtime_state import RuntimeStateWriter
+from runtimed.errors import InvalidRequest, ProtocolError, RuntimedError
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, dumps, typed
 from runtimed.protocol.transport import FramedProtocol
-
-if TYPE_CHECKING:
-    from runtimed.daemon.server import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +69,25 @@ class Peer:
 
 
 class Room:
-    def __init__(self, daemon: Daemon, notebook_id: str) -> None:
-        self.daemon = daemon
-        self.notebook_id = notebook_id
-        self.store = DocStore(daemon.config.state_dir / "notebooks", notebook_id)
+    """One notebook's documents, peers and kernel. ``on_idle(room)`` is awaited once the
+    last peer has been gone for ``config.keep_alive_secs``."""
+
+    def __init__(self, notebook_id: str, *, config: DaemonConfig, provisioner: Provisioner,
+                 sinks: PluginSinks, on_idle: Callable[[Room], Awaitable[None]]) -> None:
+        self._notebook_id = notebook_id
+        self.config = config
+        self._on_idle = on_idle
+        self.store = DocStore(config.state_dir / "notebooks", notebook_id)
         self.doc = self.store.load()
         notebook.set_notebook_id(self.doc, notebook_id)
         self.store.record(self.doc)
-        self.writer = RuntimeStateWriter(Replica())
+        self._writer = RuntimeStateWriter(Replica())
         self.peers: list[Peer] = []
-        self.runner: KernelRunner | None = None
-        self._starting: asyncio.Task[dict[str, Any]] | None = None
-        self._shut_down = False
+        self.kernel = RoomKernel(self, provisioner, sinks)
         self._flush_handle: asyncio.Handle | None = None
         self._flush_due = 0.0
         #: Callbacks run once at the start of the next flush (batched document writes).
-        self.before_flush: list[Callable[[], None]] = []
+        self._before_flush: list[Callable[[], None]] = []
         self._doc_dirty = False
         # Whether a flush has anything to do: a peer joined, drained or sent a sync message
         # (it may need a reply), or a document changed since the last flush.
@@ -97,9 +98,17 @@ class Room:
         self.closed = False
 
     @property
+    def notebook_id(self) -> str:
+        return self._notebook_id
+
+    @property
+    def writer(self) -> RuntimeStateWriter:
+        return self._writer
+
+    @property
     def state(self) -> Replica:
         """The runtime-state document (replaced by :meth:`_renew_state` now and then)."""
-        return self.writer.replica
+        return self._writer.replica
 
     # peers and sync -----------------------------------------------------------------------------
     def add_peer(self, proto: FramedProtocol) -> Peer:
@@ -122,9 +131,9 @@ class Room:
         if peer in self.peers:
             self.peers.remove(peer)
         if not self.peers and not self.closed:
-            delay = self.daemon.config.keep_alive_secs
+            delay = self.config.keep_alive_secs
             loop = asyncio.get_running_loop()
-            self._evict_timer = loop.call_later(delay, lambda: loop.create_task(self.daemon.evict(self)))
+            self._evict_timer = loop.call_later(delay, lambda: loop.create_task(self._on_idle(self)))
 
     def on_doc_sync(self, peer: Peer, body: memoryview) -> None:
         try:
@@ -174,13 +183,13 @@ class Room:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        pending, self.before_flush = self.before_flush, []
+        pending, self._before_flush = self._before_flush, []
         for write in pending:
             write()
         if self._doc_dirty:  # persisted before any peer (or response) can acknowledge it
             self._doc_dirty = False
             self.store.record(self.doc)
-        if self.state.version > self.daemon.config.state_history_limit:
+        if self.state.version > self.config.state_history_limit:
             self._renew_state()
         versions = (self.doc.version, self.state.version)
         if not self._sync_wanted and versions == self._synced_versions:
@@ -207,7 +216,7 @@ class Room:
     def _renew_state(self) -> None:
         """Start the runtime-state document afresh (same content, no history); every peer
         gets it whole, then syncs from there."""
-        self.writer = self.writer.renewed()
+        self._writer = self._writer.renewed()
         snapshot = base64.b64encode(self.state.save()).decode()
         reset = dumps({"event": "state_reset", "state": snapshot})
         for peer in self.peers:
@@ -236,132 +245,26 @@ class Room:
                     "latest edits to reach the daemon", notebook_id=self.notebook_id,
                 ) from None
 
-    # kernel ---------------------------------------------------------------------------------------
-    def kernel_info(self) -> dict[str, Any]:
-        """The room's kernel as ``list_rooms`` reports it."""
-        runner = self.runner
-        alive = runner is not None and runner.alive
-        if runner is not None and alive:
-            status = "busy" if runner.running is not None or runner.queue else "idle"
-        else:
-            status = read_kernel(self.state).get("lifecycle", "not_started")
-        return {
-            "has_kernel": alive,
-            "kernel_type": runner.kernel_type if runner else None,
-            "kernel_status": status,
-            "env_source": runner.env_source if runner else None,
-        }
+    # what the kernel side may do (RoomHost) -------------------------------------------------------
+    def before_flush(self, write: Callable[[], None]) -> None:
+        self._before_flush.append(write)
 
-    def _progress(self, phase: str, message: str) -> None:
-        fields: dict[str, Any] = {"progress": message}
-        if phase in LIFECYCLES:
-            fields["lifecycle"] = phase
-        self.writer.set_kernel(**fields)
-        self.schedule_flush()
-        log.info("%s: %s", self.notebook_id, message)
+    def annotate_cell(self, cell_id: str, execution_id: str, execution_count: int | None,
+                      delay: float = 0.0) -> None:
+        notebook.set_execution(self.doc, cell_id, execution_id=execution_id,
+                               execution_count=execution_count)
+        self.doc_changed_locally(delay)
 
-    async def start_kernel(self, kernel_type: str | None = None, env_source: str | None = None,
-                           notebook_path: str | None = None, cwd: str | None = None) -> dict[str, Any]:
-        """Start the room's kernel, or return the running one (``reused``)."""
-        if self.runner is not None and self.runner.alive:
-            return {**self._started_info(), "reused": True}
-        if self._starting is None:
-            self._starting = asyncio.create_task(
-                self._start_kernel(kernel_type, env_source, notebook_path, cwd))
-            self._starting.add_done_callback(lambda _: setattr(self, "_starting", None))
-        return await asyncio.shield(self._starting)
+    def notebook_metadata(self) -> dict[str, Any]:
+        return notebook.get_metadata(self.doc)
 
-    def _started_info(self) -> dict[str, Any]:
-        assert self.runner is not None
-        return {"kernel_type": self.runner.kernel_type, "env_source": self.runner.env_source}
+    def code_sources(self) -> list[str]:
+        return [c.source for c in notebook.read_cells(self.doc) if c.cell_type == "code"]
 
-    async def _start_kernel(self, kernel_type: str | None, env_source: str | None,
-                            notebook_path: str | None, cwd: str | None) -> dict[str, Any]:
-        daemon = self.daemon
-        metadata = notebook.get_metadata(self.doc)
-        self.writer.set_kernel(lifecycle="resolving", error=None, progress=None, activity=None)
-        self.schedule_flush()
-        prepared = pool = None
-        try:
-            launcher = daemon.launcher_for(kernel_type, metadata)
-            self.writer.set_kernel(kernel_type=launcher.kernel_type)
-            if self.runner is not None:  # a dead or shut-down kernel: hand its env back first
-                old, self.runner = self.runner, None
-                await old.shutdown()
-            path = Path(notebook_path).expanduser() if notebook_path else None
-            work_dir = path.parent if path else Path(cwd) if cwd and os.path.isdir(cwd) else Path.home()
-            hot = None
-            if launcher.needs_env:
-                sources = [c.source for c in notebook.read_cells(self.doc) if c.cell_type == "code"]
-                resolved = envsource.resolve(env_source, notebook_path=path, metadata=metadata,
-                                             cell_sources=sources, default_family=daemon.default_family)
-                pool = daemon.pool_for(resolved.env_source)
-                self.writer.set_kernel(lifecycle="preparing_env", env_source=resolved.env_source)
-                self.schedule_flush()
-                hot = daemon.hot.claim(launcher.kernel_type, resolved.env_source)
-            if hot is not None:
-                prepared, pool = hot.env, hot.pool
-            elif launcher.needs_env:
-                prepared = await pool.acquire(
-                    EnvRequest(env_source=resolved.env_source, notebook_id=self.notebook_id,
-                               notebook_path=path, metadata=metadata, cell_sources=sources,
-                               project_file=resolved.project_file),
-                    self._progress,
-                )
-            elif env_source not in (None, "", "auto", "prewarmed", launcher.kernel_type):
-                log.warning("%s: env_source %r ignored for the %s kernel (it needs no environment)",
-                            self.notebook_id, env_source, launcher.kernel_type)
-            self.writer.set_kernel(env_source=prepared.env_source if prepared else launcher.kernel_type)
-            runner = KernelRunner(self, launcher, prepared, pool, work_dir)
-            await runner.start(hot.process if hot is not None else None)
-        except BaseException as exc:
-            if prepared is not None and pool is not None:
-                await pool.release(prepared)
-            message = exc.message if isinstance(exc, RuntimedError) else f"{type(exc).__name__}: {exc}"
-            self.writer.set_kernel(lifecycle="error", error=message, activity=None, progress=None)
-            self.schedule_flush()
-            raise
-        self.runner = runner
-        self._shut_down = False
-        if "kernelspec" not in metadata and launcher.kernelspec:
-            notebook.set_metadata_value(self.doc, "kernelspec", dict(launcher.kernelspec))
+    def set_default_kernelspec(self, kernelspec: dict[str, Any]) -> None:
+        if "kernelspec" not in notebook.get_metadata(self.doc):
+            notebook.set_metadata_value(self.doc, "kernelspec", dict(kernelspec))
             self.doc_changed_locally()
-        self.flush()
-        return {**self._started_info(), "reused": False}
-
-    async def running_kernel(self, auto_start: bool) -> KernelRunner:
-        """The runner to execute on, starting one if none was ever started here."""
-        if self._starting is not None:
-            await asyncio.shield(self._starting)
-        if self.runner is not None and (self.runner.alive or self.runner.dead_reason):
-            return self.runner
-        if self._shut_down:
-            raise NoKernel("No kernel is running: it was shut down. Call start_kernel() to start one.",
-                           notebook_id=self.notebook_id)
-        if not auto_start:
-            raise NoKernel("No kernel is running. Call start_kernel() first.", notebook_id=self.notebook_id)
-        await self.start_kernel()
-        assert self.runner is not None
-        return self.runner
-
-    async def shutdown_kernel(self) -> None:
-        if self._starting is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._starting)
-        runner, self.runner = self.runner, None
-        if runner is not None:
-            await runner.shutdown()
-            self._shut_down = True
-            self.writer.set_kernel(lifecycle="shutdown", activity=None, progress=None)
-            self.flush()
-
-    def forget_executions(self, execution_ids: set[str]) -> None:
-        for eid in execution_ids:
-            self.writer.forget_execution(eid)
-        for sink in self.daemon.sinks:
-            forget = getattr(sink, "forget", None)
-            if forget is not None:
-                forget(execution_ids)
 
     async def close(self) -> None:
         """Shut the kernel down and persist the document (eviction or daemon shutdown)."""
@@ -370,7 +273,7 @@ class Room:
         self.closed = True
         if self._evict_timer is not None:
             self._evict_timer.cancel()
-        await self.shutdown_kernel()
+        await self.kernel.shutdown()
         self.store.close(self.doc)
         for peer in list(self.peers):
             peer.proto.close()

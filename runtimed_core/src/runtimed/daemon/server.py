@@ -11,20 +11,15 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from runtimed import envsource, paths
+from runtimed import paths
 from runtimed.config import DaemonConfig
 from runtimed.daemon import runtime_dir
-from runtimed.daemon.document_sink import DocumentSink
-from runtimed.daemon.hot_kernels import HotKernels
+from runtimed.daemon.plugin_sinks import PluginSinks
+from runtimed.daemon.provisioning import Provisioner
 from runtimed.daemon.room import Peer, Room
 from runtimed.document import notebook
-from runtimed.errors import (
-    DaemonUnavailable, EnvironmentFailed, InvalidRequest, PluginError, ProtocolError, RuntimedError,
-    error_to_wire,
-)
-from runtimed.launchers import KernelLauncher
-from runtimed.plugins import collect_launchers, collect_pools, collect_sinks, get_plugin_manager
-from runtimed.pools import EnvPool
+from runtimed.errors import DaemonUnavailable, InvalidRequest, ProtocolError, RuntimedError, error_to_wire
+from runtimed.plugins import Registry, get_plugin_manager
 from runtimed.protocol.messages import (
     DOC_SYNC, NOTEBOOK_CHANNELS, REQUEST, RESPONSE, STATE_SYNC, dumps, fail, loads, ok,
     parse_handshake, split_typed, typed,
@@ -33,12 +28,6 @@ from runtimed.protocol.transport import FramedProtocol
 
 log = logging.getLogger("runtimed.daemon")
 
-KNOWN_FAMILIES = envsource.FAMILIES
-# Which plugin distribution provides what, for error messages.
-PLUGIN_HINTS = {"uv": "runtimed-uv-pool", "conda": "runtimed-conda-pool",
-                "python": "runtimed-python-kernel", "deno": "runtimed-deno-kernel"}
-KERNEL_LANGUAGES = {"python": "python", "typescript": "deno", "javascript": "deno", "deno": "deno"}
-
 
 class Daemon:
     """Everything one daemon owns. ``await Daemon(config).serve()`` runs until shutdown."""
@@ -46,15 +35,15 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.pm = get_plugin_manager()
-        self.launchers: dict[str, type[KernelLauncher]] = collect_launchers(self.pm)
-        self.pools: dict[str, EnvPool] = {
-            family: cls(config) for family, cls in collect_pools(self.pm).items()
-        }
-        self.sinks = [DocumentSink(config)] + [cls(config) for cls in collect_sinks(self.pm)]
-        self.rooms: dict[str, Room] = {}
-        self.default_family = config.default_family
-        self.hot = HotKernels(self, config.hot_kernels, "python", f"{self.default_family}:prewarmed")
+        self.registry = Registry.load(self.pm)
         self.runtime_dir = runtime_dir.create()
+        try:
+            self.provisioner = Provisioner(config, self.registry, self.runtime_dir)
+        except BaseException:
+            os.rmdir(self.runtime_dir)
+            raise
+        self.sinks = PluginSinks([(plugin, cls(config)) for plugin, cls in self.registry.sinks])
+        self.rooms: dict[str, Room] = {}
         self._stopping: asyncio.Event | None = None
         self._lock_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -104,11 +93,7 @@ class Daemon:
             os.umask(old_umask)
         os.chmod(sock, 0o600)
         log.info("runtimed listening on %s (pid %d)", sock, os.getpid())
-        log.info("Plugins: launchers %s, pools %s", sorted(self.launchers), sorted(self.pools))
-        for pool in self.pools.values():
-            await pool.start()
-        if self.default_family in self.pools:
-            self.hot.start()
+        await self.provisioner.start()
         if ready is not None:
             ready.set()
         if on_ready is not None:
@@ -129,10 +114,7 @@ class Daemon:
         await asyncio.gather(*(room.close() for room in list(self.rooms.values())),
                              return_exceptions=True)
         self.rooms.clear()
-        await self.hot.stop()
-        for pool in self.pools.values():
-            with contextlib.suppress(Exception):
-                await pool.stop()
+        await self.provisioner.stop()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket_path.unlink()
         with contextlib.suppress(OSError):
@@ -140,46 +122,13 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
-    # resolution -----------------------------------------------------------------------------------
-    def launcher_for(self, kernel_type: str | None, metadata: dict[str, Any]) -> KernelLauncher:
-        """An explicit kernel_type wins; ``auto`` reads the notebook's metadata; default python."""
-        if not kernel_type or kernel_type == "auto":
-            spec = metadata.get("kernelspec") or {}
-            lang = (spec.get("language") or (metadata.get("language_info") or {}).get("name")
-                    or spec.get("name") or "python")
-            kernel_type = KERNEL_LANGUAGES.get(str(lang).lower(), "python")
-        cls = self.launchers.get(kernel_type)
-        if cls is None:
-            hint = PLUGIN_HINTS.get(kernel_type)
-            available = ", ".join(sorted(self.launchers)) or "none"
-            raise PluginError(
-                f"No kernel launcher for kernel_type {kernel_type!r} (available: {available})"
-                + (f"; install the {hint} plugin" if hint else "")
-            )
-        return cls(self.config)
-
-    def pool_for(self, env_source: str) -> EnvPool:
-        """The pool that serves a concrete env_source."""
-        family = env_source.split(":", 1)[0]
-        pool = self.pools.get(family)
-        if pool is None:
-            hint = PLUGIN_HINTS.get(family, f"a plugin providing the {family} family")
-            raise EnvironmentFailed(
-                f"env_source {env_source!r} needs the {hint} plugin, which is not installed",
-                env_source=env_source,
-            )
-        if env_source not in pool.sources:
-            raise EnvironmentFailed(
-                f"env_source {env_source!r} is not supported by the installed {family} pool "
-                f"(it serves {', '.join(pool.sources)})", env_source=env_source,
-            )
-        return pool
-
     # rooms ------------------------------------------------------------------------------------------
     def room(self, notebook_id: str) -> Room:
         room = self.rooms.get(notebook_id)
         if room is None or room.closed:
-            room = self.rooms[notebook_id] = Room(self, notebook_id)
+            room = self.rooms[notebook_id] = Room(
+                notebook_id, config=self.config, provisioner=self.provisioner, sinks=self.sinks,
+                on_idle=self.evict)
         return room
 
     async def evict(self, room: Room) -> None:
@@ -191,18 +140,9 @@ class Daemon:
         await room.close()
 
     # pool channel --------------------------------------------------------------------------------------
-    def status(self) -> dict[str, int]:
-        counts = {f"{family}_{kind}": 0 for family in KNOWN_FAMILIES for kind in ("available", "warming")}
-        for family, pool in self.pools.items():
-            st = pool.status()
-            counts[f"{family}_available"] = st.available
-            counts[f"{family}_warming"] = st.warming
-        counts["hot_available"] = self.hot.available
-        return counts
-
     def list_rooms(self) -> list[dict[str, Any]]:
         return [
-            {"notebook_id": room.notebook_id, "active_peers": len(room.peers), **room.kernel_info()}
+            {"notebook_id": room.notebook_id, "active_peers": len(room.peers), **room.kernel.info()}
             for room in self.rooms.values() if not room.closed
         ]
 
@@ -211,13 +151,11 @@ class Daemon:
         if kind == "ping":
             return {"pong": True, "pid": os.getpid()}
         if kind == "status":
-            return self.status()
+            return self.provisioner.status()
         if kind == "list_rooms":
             return self.list_rooms()
         if kind == "flush_pool":
-            for pool in self.pools.values():
-                await pool.flush()
-            await self.hot.flush()
+            await self.provisioner.flush()
             return None
         if kind == "shutdown":
             asyncio.get_running_loop().call_soon(self.stop)
@@ -331,19 +269,19 @@ class Connection:
         if kind == "execute_cell":
             return await self._execute(room, req)
         if kind == "start_kernel":
-            info = await room.start_kernel(
+            info = await room.kernel.start(
                 req.get("kernel_type"), req.get("env_source"), req.get("notebook_path"), req.get("cwd"))
             return {**info, **_heads(room)}
         if kind == "interrupt":
-            runner = await room.running_kernel(auto_start=False)
+            runner = await room.kernel.runner_for(auto_start=False)
             await runner.interrupt()
             return _heads(room)
         if kind == "restart_kernel":
-            runner = await room.running_kernel(auto_start=False)
+            runner = await room.kernel.runner_for(auto_start=False)
             await runner.restart()
             return _heads(room)
         if kind == "shutdown_kernel":
-            await room.shutdown_kernel()
+            await room.kernel.shutdown()
             return _heads(room)
         if kind == "ping":
             return {"pong": True}
@@ -359,7 +297,7 @@ class Connection:
                 f"Cell {cell_id} is a {cell.cell_type} cell; only code cells can be executed",
                 cell_id=cell_id,
             )
-        runner = await room.running_kernel(auto_start=bool(req.get("auto_start", True)))
+        runner = await room.kernel.runner_for(auto_start=bool(req.get("auto_start", True)))
         ex = runner.queue_cell(cell_id, cell.source)
         if req.get("wait", True):
             await asyncio.shield(ex.done)
