@@ -275,7 +275,11 @@ class Bench:
             raise RuntimeError("--hot-kernels: this runtimed has no hot kernels")
         # Only the uv pool: no conda builds competing for the 2 cores in the background.
         extra = ["--log-level", self.args.daemon_log_level, "--conda-pool-size", "0"]
-        daemon = DaemonProcess(root, uv_pool_size=uv_pool_size, keep_alive_secs=1.0, extra_args=extra,
+        if "pool_sizes" in inspect.signature(DaemonProcess.__init__).parameters:
+            options["pool_sizes"] = {"uv": uv_pool_size, "conda": 0}
+        else:  # a snapshot from before pools declared their own settings
+            options["uv_pool_size"] = uv_pool_size
+        daemon = DaemonProcess(root, keep_alive_secs=1.0, extra_args=extra,
                                env={**self.uv_env, **(env or {})}, **options)
         self.daemons.append(daemon)
         try:

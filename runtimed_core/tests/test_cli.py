@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,24 @@ def test_exec_prints_outputs_and_exit_status(runtimed_daemon):
     as_json = json.loads(_cli(runtimed_daemon, "exec", "print(1)", "--json").stdout)
     assert as_json["success"] and as_json["env_source"] == "uv:prewarmed"
     assert as_json["outputs"][0]["text"] == "1\n"
+
+
+def test_plugin_settings_are_flags_and_bad_values_one_line(tmp_path):
+    run_help = subprocess.run([sys.executable, "-m", "runtimed", "run", "--help"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout
+    for flag, var in (("--uv-pool-size", "RUNTIMED_UV_POOL_SIZE"),
+                      ("--conda-pool-size", "RUNTIMED_CONDA_POOL_SIZE"),
+                      ("--conda-channels", "RUNTIMED_CONDA_CHANNELS")):
+        assert flag in run_help and var in run_help
+    base = [sys.executable, "-m", "runtimed", "run", "--socket", str(tmp_path / "d.sock"),
+            "--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "state")]
+    for args, env, name in ((["--uv-pool-size", "two"], {}, "--uv-pool-size"),
+                            ([], {"RUNTIMED_CONDA_POOL_SIZE": "many"}, "RUNTIMED_CONDA_POOL_SIZE")):
+        result = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, **env})
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"runtimed: error: {name}=") and "not a valid value" in lines[0]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "d.sock").exists()

@@ -62,7 +62,7 @@ def _add_plugin_flags(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("plugin settings")
     for namespace, setting, owner in declared:
         default = setting.default
-        shown = ",".join(default) if isinstance(default, list) else default
+        shown = (", ".join(map(str, default)) or "none") if isinstance(default, list) else default
         group.add_argument(setting.flag(namespace), dest=_dest(namespace, setting), metavar="VALUE",
                            help=f"{setting.help} (env {setting.env_var(namespace)}, default {shown})")
     run.set_defaults(plugin_settings=declared)
@@ -215,6 +215,15 @@ def _plugins(args: argparse.Namespace) -> int:
             lines.append(f"{p['name']} ({p['distribution']} {p['version']})")
             for hook, classes in p["provides"].items():
                 lines.append(f"    {hook}: {classes if isinstance(classes, str) else ', '.join(classes)}")
+            for d in p.get("declares", []):
+                if "kernel_type" in d:
+                    specs = d.get("kernelspecs")
+                    named = (f"; {d['kernel_type']}:<name> for {', '.join(specs) or 'no kernels found'}"
+                             if isinstance(specs, dict) and specs else
+                             f"; {specs}" if isinstance(specs, str) else "")
+                    lines.append(f"    kernel_type {d['kernel_type']}{named}")
+                else:
+                    lines.append(f"    family {d['family']}: {', '.join(d['sources'])}")
         return "\n".join(lines) or "no plugins"
 
     _print(plugins, args.json, render)

@@ -71,12 +71,18 @@ class _Build:
 class EnvCache:
     """Cached envs in ``envs_dir``; see the module docstring.
 
-    ``label`` starts log lines and error messages (``"UV pool"``); ``python(path)``
-    is an env's interpreter (a complete env whose interpreter is gone is rebuilt).
+    ``label`` names the pool in messages (``"conda pool"``) and, capitalized unless
+    ``log_label`` is given, starts log lines, as :class:`runtimed.prewarm.Prewarmer`'s;
+    ``python(path)`` is an env's interpreter (a complete env whose interpreter is
+    gone is rebuilt).
+
+    A build runs in a temporary directory that is renamed into place when complete:
+    an env must work from its final path (``bin/python -m ...`` does, for a venv;
+    scripts with the build path in their shebang may not).
     """
 
     def __init__(self, envs_dir: Path, *, prefixes: tuple[str, ...], max_age: float,
-                 max_count: int, label: str, log: logging.Logger,
+                 max_count: int, label: str, log: logging.Logger, log_label: str | None = None,
                  python: Callable[[Path], Path] = lambda path: path / "bin" / "python") -> None:
         self.envs_dir = envs_dir
         self.prefixes = prefixes
@@ -85,6 +91,7 @@ class EnvCache:
         #: ...and the least recently used beyond this many.
         self.max_count = max_count
         self.label = label
+        self.log_label = log_label or label[:1].upper() + label[1:]
         self.log = log
         self._python = python
         #: name -> number of requests holding it (waiting for its build, or a live kernel).
@@ -221,7 +228,7 @@ class EnvCache:
                 current.listeners.remove(progress)
         if task.cancelled():
             raise EnvironmentFailed(
-                f"The {self.label.lower()} stopped while building the environment; try again.",
+                f"The {self.label} stopped while building the environment; try again.",
                 env_source=env_source,
             )
         return task.result()
@@ -249,7 +256,7 @@ class EnvCache:
             if tmp.exists():
                 self.discard(tmp)
             raise
-        self.log.info("%s: built %s in %.1f s", self.label, name, time.monotonic() - started)
+        self.log.info("%s: built %s in %.1f s", self.log_label, name, time.monotonic() - started)
         return final
 
     # -- garbage collection -----------------------------------------------------------------------
@@ -276,7 +283,7 @@ class EnvCache:
             if PARTIAL in path.name or TRASH in path.name:
                 self.discard(path)
             elif not (path / COMPLETE).is_file() and path.name not in self._builds:
-                self.log.info("%s: discarding %s, it was never completed", self.label, path.name)
+                self.log.info("%s: discarding %s, it was never completed", self.log_label, path.name)
                 self._remove(path)
 
     def collect(self, now: float | None = None) -> list[str]:
@@ -292,7 +299,7 @@ class EnvCache:
         for path in envs:
             idle = now - self.last_used(path)
             if path.name not in protected and idle > self.max_age:
-                self.log.info("%s: deleting %s, unused for %.1f h", self.label, path.name, idle / 3600)
+                self.log.info("%s: deleting %s, unused for %.1f h", self.log_label, path.name, idle / 3600)
                 self._remove(path)
                 removed.append(path.name)
             else:
@@ -304,7 +311,7 @@ class EnvCache:
             if path.name in protected:
                 continue
             self.log.info("%s: deleting %s, the least recently used of more than %d cached envs",
-                          self.label, path.name, self.max_count)
+                          self.log_label, path.name, self.max_count)
             self._remove(path)
             removed.append(path.name)
             excess -= 1
@@ -329,7 +336,7 @@ class EnvCache:
                 self.collect()
                 wait = self.next_expiry()
             except Exception:  # a bug: keep the daemon up, try again later
-                self.log.exception("%s: collecting cached environments failed", self.label)
+                self.log.exception("%s: collecting cached environments failed", self.log_label)
                 wait = 3600.0
             waiter = asyncio.ensure_future(self._collect_wake.wait())
             try:
@@ -343,7 +350,7 @@ class EnvCache:
         try:
             path.rename(trash)
         except OSError:
-            self.log.warning("%s: could not move %s aside for deletion", self.label, path, exc_info=True)
+            self.log.warning("%s: could not move %s aside for deletion", self.log_label, path, exc_info=True)
             return
         self.discard(trash)
 

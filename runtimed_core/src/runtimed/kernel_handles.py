@@ -180,9 +180,10 @@ class LocalKernel(KernelHandle):
         return await self.process.wait()
 
     async def interrupt(self) -> None:
+        """SIGINT to the kernel's process group (what it started gets it too, as in Jupyter)."""
         if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGINT)
 
     async def kill(self) -> None:
         if self.process.returncode is None:

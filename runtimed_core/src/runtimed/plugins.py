@@ -248,8 +248,15 @@ def _check_pool(plugin: str, cls: Any) -> None:
     _check_settings(plugin, cls)
 
 
-def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
-    """One entry per registered plugin: name, distribution, version, and what it provides."""
+def describe_plugins(pm: pluggy.PluginManager, config: Any = None) -> list[dict[str, Any]]:
+    """One entry per registered plugin: name, distribution, version, the classes it provides
+    and what they declare (kernel types and, for launchers serving named kernels, the names
+    found now; pools' families, sources and project files; every setting with its variable)."""
+    import asyncio
+
+    from runtimed.config import DaemonConfig
+
+    config = config or DaemonConfig()
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     out = []
     for name, plugin in pm.list_name_plugin():
@@ -257,6 +264,7 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
             continue
         dist = dists.get(id(plugin))
         provides: dict[str, Any] = {}
+        declares: list[dict[str, Any]] = []
         for caller in pm.get_hookcallers(plugin) or []:
             try:
                 classes = getattr(plugin, caller.name)()
@@ -264,12 +272,48 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
                 provides[caller.name] = f"error: {type(exc).__name__}: {exc}"
                 continue
             provides[caller.name] = [qualname(c) for c in classes or []]
+            for cls in classes or []:
+                declared = _declarations(cls, config, asyncio)
+                if declared:
+                    declares.append(declared)
         out.append(
             {
                 "name": name,
                 "distribution": dist.project_name if dist else None,
                 "version": dist.version if dist else None,
                 "provides": provides,
+                "declares": declares,
             }
         )
     return out
+
+
+def _declarations(cls: Any, config: Any, asyncio: Any) -> dict[str, Any]:
+    """What one launcher or pool class declares, as JSON-able data."""
+    if not isinstance(cls, type):
+        return {}
+    settings = [
+        {"key": s.key(cls.settings_namespace()), "env": s.env_var(cls.settings_namespace()),
+         "flag": s.flag(cls.settings_namespace()), "default": s.default, "help": s.help}
+        for s in cls.declared_settings()
+    ] if issubclass(cls, (KernelLauncher, EnvPool)) else []
+    if issubclass(cls, KernelLauncher):
+        info: dict[str, Any] = {
+            "class": qualname(cls), "kernel_type": cls.kernel_type,
+            "kernelspec_names": list(cls.kernelspec_names), "languages": list(cls.languages),
+            "needs_env": cls.needs_env, "hot": cls.hot, "settings": settings,
+        }
+        try:
+            specs = asyncio.run(cls(config).kernelspecs())
+            info["kernelspecs"] = {n: spec for n, spec in sorted(specs.items())}
+        except Exception as exc:  # a launcher that cannot list its kernels now says why
+            info["kernelspecs"] = f"error: {type(exc).__name__}: {exc}"
+        return info
+    if issubclass(cls, EnvPool):
+        return {
+            "class": qualname(cls), "family": cls.family, "sources": list(cls.sources),
+            "project_files": [p.name for p in sorted(cls.project_files, key=lambda p: p.rank)],
+            "inline_dependencies": [i.key for i in cls.inline_dependencies],
+            "script_blocks": [b.block_type for b in cls.script_blocks], "settings": settings,
+        }
+    return {}

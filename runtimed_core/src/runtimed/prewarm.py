@@ -91,21 +91,23 @@ class Prewarmer:
         envs_dir: Path,
         target: Callable[[], int],
         build: BuildFn,
-        is_current: Callable[[dict[str, Any]], bool],
-        python: Callable[[Path], Path],
-        check: Callable[[Path], Awaitable[bool]],
-        fix_hint: Callable[[], str],
         log: logging.Logger,
+        is_current: Callable[[dict[str, Any]], bool] = lambda marker: True,
+        python: Callable[[Path], Path] = lambda path: path / "bin" / "python",
+        check: Callable[[Path], Awaitable[bool]] | None = None,
+        fix_hint: Callable[[], str] = lambda: "",
         log_label: str | None = None,
         building_prefix: str | None = None,
         building_suffix: str = "",
         mismatch_reason: str = "it was built for another configuration",
         built_log_level: int = logging.INFO,
     ) -> None:
-        """``label`` names the pool in messages (``"conda pool"``); ``is_current(marker)``
-        says whether an env on disk was built for the current configuration;
-        ``python(path)`` is an env's interpreter; ``check(path)`` runs it (at start);
-        ``fix_hint()`` ends the message of repeated build failures.
+        """``label`` names the pool in messages (``"conda pool"``); ``build`` is
+        :data:`BuildFn`. Optional: ``is_current(marker)`` says whether an env on disk
+        was built for the current configuration (default: any is); ``python(path)`` is
+        an env's interpreter (default ``bin/python``); ``check(path)`` says whether an
+        env found at start still works (default: its python imports ipykernel,
+        :func:`python_imports`); ``fix_hint()`` ends the message of repeated build failures.
 
         ``log_label`` starts log lines (default: ``label`` capitalized); an env
         being built is named ``<building_prefix><hex><building_suffix>`` (default
@@ -125,7 +127,7 @@ class Prewarmer:
         self._build_env = build
         self._is_current = is_current
         self._python = python
-        self._check = check
+        self._check = check or python_imports("ipykernel", python)
         self._fix_hint = fix_hint
         self.log = log
         self._ready: deque[ReadyEnv] = deque()
@@ -520,6 +522,22 @@ class Prewarmer:
         if available != self._logged_available:
             self._logged_available = available
             self.log.info("%s: %d/%d available", self.log_label, available, self.target)
+
+
+def python_imports(module: str, python: Callable[[Path], Path] = lambda path: path / "bin" / "python",
+                   timeout: float = 30.0) -> Callable[[Path], Awaitable[bool]]:
+    """A check for :class:`Prewarmer` (and pools): whether an env's python imports ``module``."""
+    from runtimed import procs
+
+    async def check(env: Path) -> bool:
+        try:
+            await procs.run([str(python(env)), "-c", f"import {module}"],
+                            env=procs.subprocess_env(for_python=True), timeout=timeout)
+        except procs.CommandFailed:
+            return False
+        return True
+
+    return check
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:

@@ -44,7 +44,11 @@ class CommandFailed(Exception):
     def summary(self) -> str:
         """``<command> exited with <code>: <stderr tail>`` on one paragraph."""
         words = [Path(self.argv[0]).name]
-        for arg in self.argv[1:3]:  # the subcommand: `<tool> venv`, `<tool> pip install`
+        rest = self.argv[1:]
+        if rest[:1] == ["-m"]:  # `python -m pip install`: the module is the command
+            words.append(" ".join(rest[:2]))
+            rest = rest[2:]
+        for arg in rest[:2]:  # the subcommand: `<tool> venv`, `<tool> pip install`
             if arg.startswith("-"):
                 break
             words.append(arg)

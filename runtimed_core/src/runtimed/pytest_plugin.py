@@ -35,21 +35,21 @@ import pytest
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import RuntimedError
 from runtimed.plugins import Registry
+from runtimed.settings import Setting
 
 START_TIMEOUT = 60.0
 
 
 def pool_size_env(pool_sizes: dict[str, int] | None = None) -> dict[str, str]:
-    """Environment variables that size every installed pool: ``pool_sizes[family]``, else 2
-    for the default family and 0 for the others (a test asks for what it needs)."""
+    """Environment variables that size the pools: ``pool_sizes[family]`` (also for a family
+    only the daemon can see, e.g. from its own ``PYTHONPATH``), else 2 for the default family
+    and 0 for the others installed here (a test asks for what it needs)."""
     registry = Registry.load()
     default = registry.default_family(os.environ.get("RUNTIMED_DEFAULT_FAMILY"))
-    env = {}
-    for family, pool in registry.pools.items():
-        size = (pool_sizes or {}).get(family, 2 if family == default else 0)
-        setting = next(s for s in pool.declared_settings() if s.name == "pool_size")
-        env[setting.env_var(family)] = str(size)
-    return env
+    sizes = {family: 2 if family == default else 0 for family in registry.pools}
+    sizes.update(pool_sizes or {})
+    size_setting = Setting("pool_size", 0)
+    return {size_setting.env_var(family): str(size) for family, size in sizes.items()}
 
 
 class DaemonProcess:

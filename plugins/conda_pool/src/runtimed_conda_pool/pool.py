@@ -43,7 +43,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from runtimed import procs
 from runtimed.config import DaemonConfig
 from runtimed.envcache import EnvCache
 from runtimed.envsource import find_project_file
@@ -122,8 +121,6 @@ class CondaPool(EnvPool):
             target=lambda: self.pool_size,
             build=self._build_prewarmed,
             is_current=self._is_current,
-            python=lambda path: path / "bin" / "python",
-            check=self._imports_ipykernel,
             fix_hint=self._fix_hint,
             log=log,
         )
@@ -132,7 +129,7 @@ class CondaPool(EnvPool):
             prefixes=tuple(f"conda-{kind}-" for kind in CACHED_KINDS),
             max_age=float(self.setting("env_max_age_secs")),
             max_count=int(self.setting("env_max_count")),
-            label="Conda pool",
+            label="conda pool",
             log=log,
         )
 
@@ -326,17 +323,6 @@ class CondaPool(EnvPool):
             return marker.get("key") == self.prewarmed_spec().key
         except SpecError:
             return False
-
-    async def _imports_ipykernel(self, path: Path) -> bool:
-        try:
-            await procs.run(
-                [str(path / "bin" / "python"), "-c", "import ipykernel"],
-                env=procs.subprocess_env(for_python=True),
-                timeout=30,
-            )
-        except procs.CommandFailed:
-            return False
-        return True
 
     def _fix_hint(self) -> str:
         extra = self.config.default_packages

@@ -142,7 +142,6 @@ class UvPool(EnvPool):
             build=self._build,
             is_current=self._is_current,
             python=_python,
-            check=self._imports_ipykernel,
             fix_hint=self._fix_hint,
             log=log,
             building_prefix=READY_PREFIX,
@@ -155,7 +154,8 @@ class UvPool(EnvPool):
             prefixes=(INLINE_PREFIX, PROJECT_PREFIX),
             max_age=float(self.setting("inline_env_max_age_secs")),
             max_count=int(self.setting("inline_env_max_count")),
-            label="UV pool",
+            label="uv pool",
+            log_label="UV pool",
             log=log,
         )
         self._project_locks: dict[Path, asyncio.Lock] = {}
@@ -639,17 +639,6 @@ class UvPool(EnvPool):
         return (
             marker.get("python") == self.config.python and marker.get("packages") == self.packages
         )
-
-    async def _imports_ipykernel(self, path: Path) -> bool:
-        try:
-            await procs.run(
-                [str(_python(path)), "-c", "import ipykernel"],
-                env=procs.subprocess_env(for_python=True),
-                timeout=30,
-            )
-        except procs.CommandFailed:
-            return False
-        return True
 
 
 def find_uv() -> str:

@@ -201,7 +201,7 @@ class KernelRunner:
             raise KernelError(
                 f"The {self.kernel_type} kernel did not stop cell {running.cell_id} within "
                 f"{INTERRUPT_GRACE:g} s of the interrupt: it may be waiting on something it cannot "
-                "interrupt (in Deno, a pending await). restart_kernel() stops it.",
+                "interrupt (a pending await, say). restart_kernel() stops it.",
                 cell_id=running.cell_id, notebook_id=self.host.notebook_id)
 
     def _fail_all(self, reason: str, failure: str) -> None:

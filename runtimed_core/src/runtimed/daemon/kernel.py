@@ -165,8 +165,15 @@ class Kernel:
             if isinstance(exc, OSError):
                 raise KernelLaunchFailed(f"Could not start the {kernel_type} kernel: {exc}") from exc
             raise
-        kernel = cls(handle, kernel_type, cwd=cwd, connection_file=connection_file)
         log.debug("Launched %s kernel (pid %s)", kernel_type, handle.pid)
+        return await cls.connect(handle, kernel_type, cwd=cwd, connection_file=connection_file)
+
+    @classmethod
+    async def connect(cls, handle: KernelHandle, kernel_type: str, *, cwd: Path,
+                      connection_file: Path | None = None) -> Kernel:
+        """Open ``handle``'s channels; return once the kernel answers and IOPub is flowing
+        (else kill it and raise KernelLaunchFailed)."""
+        kernel = cls(handle, kernel_type, cwd=cwd, connection_file=connection_file)
         try:
             kernel.channels.open(kernel._deliver)
             await kernel._wait_ready()

@@ -126,11 +126,13 @@ class Provisioner:
     async def stop(self) -> None:
         if self.hot is not None:
             await self.hot.stop()
-        for owner in (*self.pools.values(), *self.launchers.values()):
+        stops = [pool.stop for pool in self.pools.values()]
+        stops += [launcher.close for launcher in self.launchers.values()]
+        for stop in stops:
             try:
-                await (owner.stop() if isinstance(owner, EnvPool) else owner.close())
+                await stop()
             except Exception:
-                log.exception("Stopping %s failed", type(owner).__qualname__)
+                log.exception("Stopping %s failed", type(stop.__self__).__qualname__)
 
     async def flush(self) -> None:
         """Discard and rebuild every pool's ready envs, and the hot kernels made from them."""
@@ -174,6 +176,8 @@ class Provisioner:
             if requested in self.launchers:
                 return self.launchers[requested], requested, None
             prefix, _, name = requested.partition(":")
+            name = name.lower()  # kernelspec names are case-insensitive, as in jupyter_client
+            requested = f"{prefix}:{name}"
             launcher = self.launchers.get(prefix)
             if launcher is None or not name:
                 raise PluginError(
@@ -187,7 +191,7 @@ class Provisioner:
             return launcher, requested, name
         spec = metadata.get("kernelspec") if isinstance(metadata.get("kernelspec"), dict) else {}
         info = metadata.get("language_info") if isinstance(metadata.get("language_info"), dict) else {}
-        name = spec.get("name") if isinstance(spec.get("name"), str) else None
+        name = spec["name"].lower() if isinstance(spec.get("name"), str) else None
         language = spec.get("language") or info.get("name")
         language = language if isinstance(language, str) else None
         cls = self.registry.launcher_claiming(kernelspec_name=name)
