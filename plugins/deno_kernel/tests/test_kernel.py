@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ from typing import Any
 import pytest
 
 from runtimed import ExecutionResult, Session
-from runtimed.errors import KernelError, KernelLaunchFailed, RuntimedError
+from runtimed.errors import KernelError, KernelLaunchFailed
 from runtimed.pytest_plugin import DaemonProcess
-from runtimed.testing import process_running, wait_until
+from runtimed.testing import Background, process_running, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -34,30 +33,6 @@ def outputs(result: ExecutionResult) -> list[tuple[str, Any]]:
         else:
             pairs.append((out.output_type, out.data))
     return pairs
-
-
-class Background:
-    """Run ``session.execute_cell`` on a thread, so the test can interrupt or restart meanwhile."""
-
-    def __init__(self, session: Session, cell_id: str) -> None:
-        self.result: ExecutionResult | None = None
-        self.error: RuntimedError | None = None
-        self.thread = threading.Thread(target=self._run, args=(session, cell_id), daemon=True)
-        self.thread.start()
-
-    def _run(self, session: Session, cell_id: str) -> None:
-        try:
-            self.result = session.execute_cell(cell_id, timeout_secs=60)
-        except RuntimedError as exc:  # handed to the test thread by join()
-            self.error = exc
-
-    def join(self, timeout: float) -> ExecutionResult:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"the cell was still running after {timeout} s"
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
 
 
 def busy(session: Session) -> bool:

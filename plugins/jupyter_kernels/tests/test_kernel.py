@@ -6,43 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from runtimed import ExecutionResult, PluginError, Session
-from runtimed.errors import KernelLaunchFailed, RuntimedError
+from runtimed import PluginError
+from runtimed.errors import KernelLaunchFailed
 from runtimed.pytest_plugin import DaemonProcess
-from runtimed.testing import wait_until
+from runtimed.testing import Background, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]  # bash_kernel comes from the package index
 
 BASH_KERNELSPEC = {"name": "bash", "display_name": "Bash", "language": "bash"}
-
-
-class Background:
-    """Run ``session.execute_cell`` on a thread, so the test can interrupt meanwhile."""
-
-    def __init__(self, session: Session, cell_id: str) -> None:
-        self.result: ExecutionResult | None = None
-        self.error: RuntimedError | None = None
-        self.thread = threading.Thread(target=self._run, args=(session, cell_id), daemon=True)
-        self.thread.start()
-
-    def _run(self, session: Session, cell_id: str) -> None:
-        try:
-            self.result = session.execute_cell(cell_id, timeout_secs=90)
-        except RuntimedError as exc:  # handed to the test thread by join()
-            self.error = exc
-
-    def join(self, timeout: float) -> ExecutionResult:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"the cell was still running after {timeout} s"
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
 
 
 def test_bash_runs_as_jupyter_bash(jupyter_daemon: DaemonProcess):
@@ -85,7 +60,7 @@ def test_interrupt_ends_a_sleep_and_the_next_cell_runs(jupyter_daemon: DaemonPro
         s.run("kept='state survives'")
         sleeping = s.create_cell("echo started; sleep 60; echo finished")
         queued = s.create_cell("echo never")
-        running = Background(s, sleeping)
+        running = Background(s, sleeping, timeout_secs=90)
         wait_until(lambda: s.get_cell(sleeping).outputs != [], what="the sleep to start")
         s.queue_cell(queued)
         started = time.monotonic()

@@ -125,17 +125,11 @@ class Registry:
 
     def default_family(self, configured: str | None) -> str | None:
         """The family ``auto`` falls back to: the configured one, else the pool ranked first."""
-        if configured:
-            return configured
-        ranked = [p for p in self.pools.values() if p.default_rank is not None]
-        return min(ranked, key=lambda p: (p.default_rank, p.family)).family if ranked else None
+        return configured or _first_ranked(self.pools)
 
     def default_kernel_type(self, configured: str | None) -> str | None:
         """The kernel type started when nobody says: the configured one, else the launcher ranked first."""
-        if configured:
-            return configured
-        ranked = [c for c in self.launchers.values() if c.default_rank is not None]
-        return min(ranked, key=lambda c: (c.default_rank, c.kernel_type)).kernel_type if ranked else None
+        return configured or _first_ranked(self.launchers)
 
     def launcher_claiming(self, *, kernelspec_name: str | None = None,
                           language: str | None = None) -> type[KernelLauncher] | None:
@@ -156,6 +150,12 @@ class Registry:
         """``(namespace, setting, owner)`` for every knob every plugin declares."""
         return [(owner.settings_namespace(), setting, owner)
                 for owner in self.configurables() for setting in owner.declared_settings()]
+
+
+def _first_ranked(classes: dict[str, Any]) -> str | None:
+    """The name of the class with the lowest ``default_rank`` (ties: by name), if any has one."""
+    ranked = [(cls.default_rank, name) for name, cls in classes.items() if cls.default_rank is not None]
+    return min(ranked)[1] if ranked else None
 
 
 class _Claims:

@@ -11,11 +11,12 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from runtimed.pools import EnvPool
 from runtimed.prewarm import MARKER
@@ -105,3 +106,31 @@ def copy_ready_env(src: Path, prefix: str, *, only: tuple[str, ...] = (),
     (dst / MARKER).unlink()  # a hard link: do not edit the original's marker
     (dst / MARKER).write_text(json.dumps(fields))
     return dst
+
+
+class Background:
+    """``session.execute_cell(cell_id)`` on a thread, so a test can interrupt or restart
+    meanwhile; :meth:`join` returns its result (or raises its error)."""
+
+    def __init__(self, session: Any, cell_id: str, timeout_secs: float = 60) -> None:
+        self.result: Any = None
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, args=(session, cell_id, timeout_secs),
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, session: Any, cell_id: str, timeout_secs: float) -> None:
+        from runtimed.errors import RuntimedError
+
+        try:
+            self.result = session.execute_cell(cell_id, timeout_secs=timeout_secs)
+        except RuntimedError as exc:  # handed to the test thread by join()
+            self.error = exc
+
+    def join(self, timeout: float) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the cell was still running after {timeout} s"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
