@@ -184,6 +184,12 @@ class FakeHost:
     def set_default_kernelspec(self, kernelspec: dict[str, Any]) -> None:
         pass
 
+    def notebook_path(self) -> Path | None:
+        return None
+
+    def current_executions(self) -> set[str]:
+        return {eid for eid, _ in self.cells.values()}
+
 
 class RecordingSink(OutputSink):
     def __init__(self, config: DaemonConfig) -> None:
@@ -363,5 +369,34 @@ def test_restart_and_shutdown(tmp_path):
         await runner.shutdown()
         assert s.released == [runner.lease], "released once"
         assert not runner.alive
+
+    _run(scenario())
+
+
+def test_what_a_cell_shows_is_never_forgotten(tmp_path, monkeypatch):
+    """Old executions are dropped from the runtime state, but never one a cell still shows
+    (a notebook of many cells keeps every cell's outputs)."""
+    from runtimed.daemon import executor
+
+    monkeypatch.setattr(executor, "KEEP_FINISHED", 4)
+    s = Setup(tmp_path)
+
+    async def scenario() -> None:
+        runner = await s.runner()
+        shown = []
+        for i in range(20):  # 20 cells, each run once: each shows its run
+            ex = runner.queue_cell(f"c{i}", f"print:{i}")
+            await ex.done
+            shown.append(ex.id)
+        reruns = []
+        for _ in range(20):  # one cell run again and again: its old runs are superseded
+            ex = runner.queue_cell("c0", "print:again")
+            await ex.done
+            reruns.append(ex.id)
+        kept = set(s.host.writer.execution_ids())
+        assert set(shown[1:]) <= kept, "every cell's latest run stays"
+        assert reruns[-1] in kept and set(reruns[-4:]) <= kept, "and the most recent ones"
+        assert not set(reruns[:8]) & kept and shown[0] not in kept, "superseded runs are dropped"
+        await runner.shutdown()
 
     _run(scenario())

@@ -15,7 +15,8 @@ from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import (
     CellNotFound, DaemonUnavailable, EnvironmentFailed, ExecutionTimeout, InvalidRequest, KernelDied,
-    KernelError, KernelLaunchFailed, NoKernel, NotConnected, PluginError, ProtocolError, RuntimedError,
+    KernelError, KernelLaunchFailed, NoKernel, NotConnected, NotebookFileError, PluginError, ProtocolError,
+    RuntimedError,
 )
 
 __version__ = "0.1.0"
@@ -23,6 +24,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "DaemonClient", "DaemonUnavailable",
     "EnvironmentFailed", "ExecutionResult", "ExecutionTimeout", "InvalidRequest", "KernelDied",
-    "KernelError", "KernelLaunchFailed", "NoKernel", "NotConnected", "Output", "PluginError",
-    "ProtocolError", "RuntimedError", "Session",
+    "KernelError", "KernelLaunchFailed", "NoKernel", "NotConnected", "NotebookFileError", "Output",
+    "PluginError", "ProtocolError", "RuntimedError", "Session",
 ]

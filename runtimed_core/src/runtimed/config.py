@@ -62,6 +62,10 @@ class DaemonConfig:
     default_kernel_type: str | None = field(
         default_factory=lambda: os.environ.get("RUNTIMED_DEFAULT_KERNEL_TYPE") or None
     )
+    #: Seconds of quiet after which a file-backed notebook is saved (0: only on save()).
+    autosave_secs: float = field(
+        default_factory=lambda: float(os.environ.get("RUNTIMED_AUTOSAVE_SECS", "2"))
+    )
     log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))
     #: Changes to a room's runtime-state document after which it is started afresh (same
     #: content, no history): Automerge's cost to apply a change grows with the history.

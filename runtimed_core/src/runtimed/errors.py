@@ -14,6 +14,7 @@ Every error a user can see is a :class:`RuntimedError`. The tree::
     │   └── KernelDied             the kernel process exited while it had work
     ├── ExecutionTimeout (TimeoutError)
     ├── EnvironmentFailed          a pool or environment could not provide an env
+    ├── NotebookFileError          a notebook file that cannot be read, parsed, validated or written
     ├── PluginError                a plugin is missing, broken, or clashes with another
     └── ConfigError (ValueError)   a configuration value that does not parse
 
@@ -92,6 +93,19 @@ class EnvironmentFailed(RuntimedError):
     pass
 
 
+class NotebookFileError(RuntimedError):
+    """A ``.ipynb`` problem; ``path`` names the file, ``kind`` says what (``missing``,
+    ``directory``, ``permission``, ``json``, ``notebook``, ``invalid``...)."""
+
+    @property
+    def path(self) -> str | None:
+        return self.context.get("path")
+
+    @property
+    def kind(self) -> str | None:
+        return self.context.get("kind")
+
+
 class PluginError(RuntimedError):
     pass
 
@@ -105,7 +119,7 @@ _BY_NAME: dict[str, type[RuntimedError]] = {
     for cls in (
         RuntimedError, DaemonUnavailable, NotConnected, ProtocolError, InvalidRequest,
         KernelError, NoKernel, KernelLaunchFailed, KernelDied, ExecutionTimeout,
-        EnvironmentFailed, PluginError, ConfigError,
+        EnvironmentFailed, NotebookFileError, PluginError, ConfigError,
     )
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import uuid
 from collections import deque
@@ -13,16 +14,35 @@ from typing import Any
 
 from runtimed import paths
 from runtimed.client.connection import Channel, pool_request
-from runtimed.client.results import Cell, ExecutionResult
+from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
-from runtimed.document.runtime_state import read_execution, read_kernel
+from runtimed.document.runtime_state import read_execution, read_kernel, read_saved_outputs
 from runtimed.errors import (
     DaemonUnavailable, ExecutionTimeout, KernelDied, NotConnected, ProtocolError, RuntimedError,
 )
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, loads, typed
 
 CONNECT_TIMEOUT = 10.0
+
+
+log = logging.getLogger("runtimed.client")
+
+
+def _log_notice(notebook_id: str, event: dict[str, Any]) -> None:
+    """What the daemon tells every session of a room (its file changed, a save failed...)."""
+    kind = event.get("event")
+    if kind == "file_changed":
+        copy = event.get("conflict_copy")
+        if copy:
+            log.warning("%s changed on disk while this notebook had unsaved changes: both are "
+                        "merged, and the unsaved version is in %s", event.get("path"), copy)
+        else:
+            log.info("%s changed on disk; its changes are merged", event.get("path"))
+    elif kind == "file_deleted":
+        log.warning("%s was deleted or renamed: autosave is off until save()", event.get("path"))
+    elif kind in ("save_failed", "file_unreadable"):
+        log.warning("%s: %s", notebook_id, event.get("error"))
 
 
 def _hex(heads: list[bytes]) -> list[str]:
@@ -36,9 +56,11 @@ class AsyncSession:
     Use as ``async with AsyncSession() as session:``; the kernel is shut down on exit.
     """
 
-    def __init__(self, notebook_id: str | None = None, *, socket_path: str | os.PathLike[str] | None = None
-                 ) -> None:
-        self._notebook_id = notebook_id or f"notebook-{uuid.uuid4()}"
+    def __init__(self, notebook_id: str | None = None, *, path: str | os.PathLike[str] | None = None,
+                 socket_path: str | os.PathLike[str] | None = None) -> None:
+        #: The notebook file (resolved), for file-backed rooms.
+        self._path = str(Path(path).expanduser().resolve()) if path is not None else None
+        self._notebook_id = notebook_id or self._path or f"notebook-{uuid.uuid4()}"
         self._socket_path = Path(socket_path) if socket_path else None
         self.doc: Replica = notebook.new_replica()
         self.state: Replica = Replica()
@@ -60,6 +82,11 @@ class AsyncSession:
     @property
     def notebook_id(self) -> str:
         return self._notebook_id
+
+    @property
+    def path(self) -> str | None:
+        """The notebook file backing this room (absolute), or None for an untitled notebook."""
+        return self._path
 
     @property
     def socket_path(self) -> Path:
@@ -108,10 +135,13 @@ class AsyncSession:
         welcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._welcome = welcome
         channel = Channel(typed_frames=True, on_frame=self._on_frame, on_close=self._on_close)
-        await channel.open(self.socket_path, {"channel": "notebook_sync", "notebook_id": self._notebook_id})
+        handshake = ({"channel": "open_notebook", "path": self._path} if self._path else
+                     {"channel": "notebook_sync", "notebook_id": self._notebook_id})
+        await channel.open(self.socket_path, handshake)
         self._channel = channel
         try:
             hello = await asyncio.wait_for(asyncio.shield(welcome), CONNECT_TIMEOUT)
+            self._path = hello.get("path") or self._path
             self._reply_scheduled = True  # start the sync (our edits made while offline included)
             self._send_sync()
             deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT
@@ -145,6 +175,7 @@ class AsyncSession:
                 self._welcome.set_result(event)
                 return
             if event.get("event") != "state_reset":
+                _log_notice(self._notebook_id, event)
                 return
             # The daemon started the runtime-state document afresh: take it whole.
             self._retired_states.append(self.state)
@@ -231,10 +262,15 @@ class AsyncSession:
             asyncio.get_running_loop().call_soon(self._send_sync)
 
     # kernel ------------------------------------------------------------------------------------------
-    async def start_kernel(self, kernel_type: str = "python", env_source: str = "auto",
+    async def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",
                            notebook_path: str | None = None, *,
                            on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Start the room's kernel, or join the one already running. Connects if needed.
+
+        ``kernel_type="auto"`` (the default) starts what the notebook's kernelspec
+        names, Python when it names none; ``env_source="auto"`` finds the
+        environment from the notebook's directory (its file's, or ``notebook_path``),
+        its metadata and its cells.
 
         Building an environment can take a while; ``on_progress(kernel)`` is called
         with the runtime-state kernel record (``lifecycle``, ``progress``...) each time
@@ -291,6 +327,37 @@ class AsyncSession:
         notebook.delete_cell(self.doc, cell_id)
         self._edited()
 
+    async def move_cell(self, cell_id: str, index: int) -> None:
+        """Move a cell to position ``index`` (0 is the top; past the end is the end)."""
+        self._require_replica()
+        notebook.move_cell(self.doc, cell_id, index)
+        self._edited()
+
+    async def set_cell_metadata(self, cell_id: str, key: str, value_json: str) -> None:
+        """Set ``key`` of a cell's metadata to a JSON value (``"tags"``, ``'["parameters"]'``)."""
+        self._require_replica()
+        notebook.set_cell_metadata(self.doc, cell_id, key, notebook.parse_metadata_json(key, value_json))
+        self._edited()
+
+    async def clear_outputs(self, cell_id: str | None = None) -> None:
+        """Clear a cell's outputs and execution count (None: every cell's)."""
+        if cell_id is not None:
+            notebook.check_cell(self.doc, cell_id)
+        await self._sync_state(await self._request(
+            "clear_outputs", cell_ids=None if cell_id is None else [cell_id]))
+
+    async def save(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write the notebook as nbformat 4.5 to its file (or, with ``path``, save as: the
+        room is then backed by that file); return the path written.
+
+        An untitled notebook needs a ``path``. Raises :class:`NotebookFileError`.
+        """
+        target = str(Path(path).expanduser().resolve()) if path is not None else None
+        result = await self._request("save", path=target)
+        self._path = result["path"]
+        await self._sync_state(result)
+        return self._path
+
     async def get_cell(self, cell_id: str) -> Cell:
         self._require_replica()
         return self._cell(notebook.read_cell(self.doc, cell_id))
@@ -301,7 +368,10 @@ class AsyncSession:
 
     def _cell(self, data: notebook.CellData) -> Cell:
         record = read_execution(self.state, data.execution_id) if data.execution_id else None
-        outputs = ExecutionResult.from_record(record).outputs if record else []
+        if record is not None:
+            outputs = ExecutionResult.from_record(record).outputs
+        else:  # not run since its file was read: the file's outputs
+            outputs = [Output.from_nbformat(o) for o in read_saved_outputs(self.state, data.id) or []]
         return Cell(id=data.id, cell_type=data.cell_type, source=data.source,
                     execution_count=data.execution_count, metadata=data.metadata,
                     outputs=outputs, execution_id=data.execution_id)
@@ -359,6 +429,44 @@ class AsyncSession:
         await self._sync_state(result, deadline)
         return result
 
+    async def run_all(self, timeout_secs: float = 60, allow_errors: bool = False,
+                      interrupt_on_timeout: bool = False) -> list[ExecutionResult]:
+        """Run the code cells top to bottom; one result per cell run.
+
+        As nbclient does: empty code cells and cells tagged ``skip-execution`` are
+        not run; the first failing cell stops the run (its result is the last)
+        unless ``allow_errors`` or the cell is tagged ``raises-exception``. A cell
+        that exceeds ``timeout_secs`` raises :class:`ExecutionTimeout`, or, with
+        ``interrupt_on_timeout``, is interrupted (its result shows the
+        KeyboardInterrupt) and counts as failed.
+        """
+        if not self._connected():
+            await self.connect()
+        results = []
+        for cell in await self.get_cells():
+            tags = cell.metadata.get("tags") or []
+            if cell.cell_type != "code" or not cell.source.strip() or "skip-execution" in tags:
+                continue
+            try:
+                result = await self.execute_cell(cell.id, timeout_secs=timeout_secs)
+            except ExecutionTimeout:
+                if not interrupt_on_timeout:
+                    raise
+                await self.interrupt()
+                result = await self._latest_result(cell.id)
+            results.append(result)
+            if not result.success and not allow_errors and "raises-exception" not in tags:
+                break
+        return results
+
+    async def _latest_result(self, cell_id: str) -> ExecutionResult:
+        """The result of a cell's latest execution, as the local replicas have it."""
+        data = notebook.read_cell(self.doc, cell_id)
+        record = read_execution(self.state, data.execution_id) if data.execution_id else None
+        if record is None:
+            raise ProtocolError(f"Cell {cell_id} has no execution the daemon synced")
+        return ExecutionResult.from_record(record)
+
     async def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
         """Create a code cell with ``code`` and execute it."""
         if not self._connected():
@@ -392,6 +500,11 @@ class AsyncDaemonClient:
 
     def __init__(self, *, socket_path: str | os.PathLike[str] | None = None) -> None:
         self._socket_path = Path(socket_path) if socket_path else None
+
+    @property
+    def path(self) -> str | None:
+        """The notebook file backing this room (absolute), or None for an untitled notebook."""
+        return self._path
 
     @property
     def socket_path(self) -> Path:

@@ -51,14 +51,19 @@ class Session:
     ``with runtimed.Session() as session:`` shuts the kernel down on exit.
     """
 
-    def __init__(self, notebook_id: str | None = None, *, socket_path: str | os.PathLike[str] | None = None
-                 ) -> None:
-        self._async = AsyncSession(notebook_id, socket_path=socket_path)
+    def __init__(self, notebook_id: str | None = None, *, path: str | os.PathLike[str] | None = None,
+                 socket_path: str | os.PathLike[str] | None = None) -> None:
+        self._async = AsyncSession(notebook_id, path=path, socket_path=socket_path)
 
     # properties ---------------------------------------------------------------------------------
     @property
     def notebook_id(self) -> str:
         return self._async.notebook_id
+
+    @property
+    def path(self) -> str | None:
+        """The notebook file backing this room (absolute), or None for an untitled notebook."""
+        return self._async.path
 
     @property
     def is_connected(self) -> bool:
@@ -79,7 +84,7 @@ class Session:
     def connect(self) -> None:
         _LoopThread.run(self._async.connect())
 
-    def start_kernel(self, kernel_type: str = "python", env_source: str = "auto",
+    def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",
                      notebook_path: str | None = None, *,
                      on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         """See :meth:`AsyncSession.start_kernel` (``on_progress`` runs on the loop thread)."""
@@ -108,6 +113,19 @@ class Session:
     def delete_cell(self, cell_id: str) -> None:
         _LoopThread.run(self._async.delete_cell(cell_id))
 
+    def move_cell(self, cell_id: str, index: int) -> None:
+        _LoopThread.run(self._async.move_cell(cell_id, index))
+
+    def set_cell_metadata(self, cell_id: str, key: str, value_json: str) -> None:
+        _LoopThread.run(self._async.set_cell_metadata(cell_id, key, value_json))
+
+    def clear_outputs(self, cell_id: str | None = None) -> None:
+        _LoopThread.run(self._async.clear_outputs(cell_id))
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> str:
+        """See :meth:`AsyncSession.save`."""
+        return _LoopThread.run(self._async.save(path))
+
     def get_cell(self, cell_id: str) -> Cell:
         return _LoopThread.run(self._async.get_cell(cell_id))
 
@@ -126,6 +144,11 @@ class Session:
 
     def queue_cell(self, cell_id: str) -> str:
         return _LoopThread.run(self._async.queue_cell(cell_id))
+
+    def run_all(self, timeout_secs: float = 60, allow_errors: bool = False,
+                interrupt_on_timeout: bool = False) -> list[ExecutionResult]:
+        """See :meth:`AsyncSession.run_all`."""
+        return _LoopThread.run(self._async.run_all(timeout_secs, allow_errors, interrupt_on_timeout))
 
     def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
         return _LoopThread.run(self._async.run(code, timeout_secs))

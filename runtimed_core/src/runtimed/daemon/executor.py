@@ -36,7 +36,8 @@ OUTPUT_MSG_TYPES = frozenset(
 )
 #: How long an interrupted cell may take to end before interrupt() reports it could not.
 INTERRUPT_GRACE = 5.0
-#: Finished executions kept in the runtime-state document per room (older ones are dropped).
+#: Finished executions no cell shows any more that stay in the runtime-state document, the
+#: most recent ones (older ones are dropped; what a cell shows is always kept).
 KEEP_FINISHED = 64
 
 
@@ -81,6 +82,7 @@ class KernelRunner:
         self.running: Execution | None = None
         self._active: dict[str, Execution] = {}  # cell_id -> queued or running execution
         self._finished: deque[str] = deque()
+        self._sweep_at = 2 * KEEP_FINISHED
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -246,11 +248,20 @@ class KernelRunner:
             self.sinks.finished(ex.ctx, ex.success)
         ex.done.set_result(None)
         self._finished.append(ex.id)
-        if len(self._finished) > KEEP_FINISHED:
-            old = {self._finished.popleft() for _ in range(len(self._finished) - KEEP_FINISHED)}
-            for eid in old:
-                self.host.writer.forget_execution(eid)
-            self.outputs.forget(old)
+        if len(self._finished) >= self._sweep_at:
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        """Drop finished executions no cell shows any more (a cell's latest run is kept, its
+        outputs are the cell's), but never the :data:`KEEP_FINISHED` most recent ones."""
+        current = self.host.current_executions()
+        recent = set(list(self._finished)[-KEEP_FINISHED:])
+        old = {eid for eid in self._finished if eid not in current and eid not in recent}
+        for eid in old:
+            self.host.writer.forget_execution(eid)
+        self.outputs.forget(old)
+        self._finished = deque(eid for eid in self._finished if eid not in old)
+        self._sweep_at = len(self._finished) + KEEP_FINISHED  # the rest are shown: look later
 
     async def _drain(self) -> None:
         while True:

@@ -9,8 +9,10 @@ tests can drive it with a small fake and no module imports its caller.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
+from runtimed.document.replica import Replica
 from runtimed.document.runtime_state import RuntimeStateWriter
 
 
@@ -50,4 +52,32 @@ class RoomHost(Protocol):
 
     def set_default_kernelspec(self, kernelspec: dict[str, Any]) -> None:
         """Record ``kernelspec`` in the notebook metadata unless it has one."""
+        ...
+
+    def notebook_path(self) -> Path | None:
+        """The notebook's file, for file-backed rooms (kernels start next to it)."""
+        ...
+
+    def current_executions(self) -> set[str]:
+        """The executions the notebook's cells point at (their outputs are what they show)."""
+        ...
+
+
+class FileHost(Protocol):
+    """A room as its notebook file (:mod:`~runtimed.daemon.notebook_file`) sees it."""
+
+    @property
+    def doc(self) -> Replica:
+        """The notebook document."""
+        ...
+
+    @property
+    def writer(self) -> RuntimeStateWriter: ...
+
+    def doc_changed_locally(self, delay: float = 0.0) -> None:
+        """The daemon edited the notebook document: persist it and sync the peers."""
+        ...
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        """Tell every peer (``event["event"]`` names what happened)."""
         ...

@@ -16,15 +16,18 @@ import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from runtimed.config import DaemonConfig
+from runtimed.daemon.nbformat_worker import NbformatWorker
+from runtimed.daemon.notebook_file import NotebookFile
 from runtimed.daemon.persistence import DocStore
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import Provisioner
 from runtimed.daemon.room_kernel import RoomKernel
 from runtimed.document import notebook
-from runtimed.document.replica import Replica, SyncState
+from runtimed.document.replica import ROOT, Replica, SyncState
 from runtimed.document.runtime_state import RuntimeStateWriter
 from runtimed.errors import InvalidRequest, ProtocolError, RuntimedError
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, dumps, typed
@@ -73,10 +76,14 @@ class Room:
     last peer has been gone for ``config.keep_alive_secs``."""
 
     def __init__(self, notebook_id: str, *, config: DaemonConfig, provisioner: Provisioner,
-                 sinks: PluginSinks, on_idle: Callable[[Room], Awaitable[None]]) -> None:
+                 sinks: PluginSinks, on_idle: Callable[[Room], Awaitable[None]],
+                 files: NbformatWorker) -> None:
         self._notebook_id = notebook_id
         self.config = config
         self._on_idle = on_idle
+        self._files = files
+        #: The notebook file backing this room, if it is file-backed.
+        self.file: NotebookFile | None = None
         self.store = DocStore(config.state_dir / "notebooks", notebook_id)
         self.doc = self.store.load()
         notebook.set_notebook_id(self.doc, notebook_id)
@@ -120,6 +127,7 @@ class Room:
         self.peers.append(peer)
         welcome = {
             "event": "welcome", "notebook_id": self.notebook_id,
+            "path": str(self.file.path) if self.file is not None else None,
             "notebook_heads": [h.hex() for h in self.doc.heads],
             "state_heads": [h.hex() for h in self.state.heads],
         }
@@ -194,6 +202,8 @@ class Room:
         versions = (self.doc.version, self.state.version)
         if not self._sync_wanted and versions == self._synced_versions:
             return  # nothing changed and nobody asked: every peer is as synced as it can be
+        if self.file is not None and versions != self._synced_versions:
+            self.file.changed()
         self._sync_wanted, self._synced_versions = False, versions
         now = asyncio.get_running_loop().time()
         owed: list[float] = []  # when the acknowledgements still owed are due
@@ -253,7 +263,55 @@ class Room:
                       delay: float = 0.0) -> None:
         notebook.set_execution(self.doc, cell_id, execution_id=execution_id,
                                execution_count=execution_count)
+        self._writer.drop_saved_outputs([cell_id])  # its own run's outputs show from now on
         self.doc_changed_locally(delay)
+
+    def notebook_path(self) -> Path | None:
+        return self.file.path if self.file is not None else None
+
+    def current_executions(self) -> set[str]:
+        cells = self.doc.get_obj(ROOT, "cells")
+        found = set()
+        for cid in notebook.cell_ids(self.doc):
+            eid = self.doc.get(self.doc.get_obj(cells, cid), "execution_id")
+            if eid:
+                found.add(eid)
+        return found
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        body = dumps(event)
+        for peer in self.peers:
+            peer.send(BROADCAST, body)
+
+    # the notebook file ---------------------------------------------------------------------------
+    def _file_options(self) -> dict[str, Any]:
+        return {"record_path": self.store.snapshot_path.with_suffix(".file.json"),
+                "conflicts_dir": self.config.state_dir / "conflicts",
+                "autosave_secs": self.config.autosave_secs}
+
+    async def open_file(self, path: Path) -> None:
+        """Back this (new) room by the notebook at ``path``, read into its documents."""
+        self.file = await NotebookFile.open(path, self, self._files, **self._file_options())
+        self.flush()
+
+    async def save(self, path: Path | None = None) -> Path:
+        """Write the notebook to its file, or to ``path`` (save as); the path written."""
+        if self.file is None:
+            if path is None:
+                raise InvalidRequest("This notebook has no file yet: save(path) names one",
+                                     notebook_id=self.notebook_id)
+            self.file = NotebookFile.attach(path, self, self._files, **self._file_options())
+            path = None
+        return await self.file.save(path)
+
+    def clear_outputs(self, cell_ids: list[str] | None) -> None:
+        """Clear the outputs and counts of ``cell_ids`` (None: every cell)."""
+        ids = notebook.cell_ids(self.doc) if cell_ids is None else cell_ids
+        for cid in ids:
+            notebook.check_cell(self.doc, cid)
+        notebook.clear_execution(self.doc, ids)
+        self._writer.drop_saved_outputs(ids)
+        self.doc_changed_locally()
 
     def notebook_metadata(self) -> dict[str, Any]:
         return notebook.get_metadata(self.doc)
@@ -274,6 +332,8 @@ class Room:
         if self._evict_timer is not None:
             self._evict_timer.cancel()
         await self.kernel.shutdown()
+        if self.file is not None:
+            await self.file.close()
         self.store.close(self.doc)
         for peer in list(self.peers):
             peer.proto.close()

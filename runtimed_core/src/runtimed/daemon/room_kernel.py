@@ -82,7 +82,7 @@ class RoomKernel:
         host.writer.set_kernel(lifecycle="resolving", error=None, progress=None, activity=None)
         host.schedule_flush()
         metadata = host.notebook_metadata()
-        path = Path(notebook_path).expanduser() if notebook_path else None
+        path = Path(notebook_path).expanduser() if notebook_path else host.notebook_path()
         work_dir = path.parent if path else Path(cwd) if cwd and os.path.isdir(cwd) else Path.home()
         request = KernelRequest(notebook_id=host.notebook_id, kernel_type=kernel_type,
                                 env_source=env_source, notebook_path=path, cwd=work_dir,

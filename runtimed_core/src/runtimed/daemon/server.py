@@ -8,20 +8,26 @@ import fcntl
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from runtimed import paths
 from runtimed.config import DaemonConfig
 from runtimed.daemon import runtime_dir
+from runtimed.daemon.nbformat_worker import NbformatWorker
+from runtimed.daemon.notebook_file import resolve as resolve_notebook
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import Provisioner
 from runtimed.daemon.room import Peer, Room
 from runtimed.document import notebook
-from runtimed.errors import DaemonUnavailable, InvalidRequest, ProtocolError, RuntimedError, error_to_wire
+from runtimed.errors import (
+    DaemonUnavailable, InvalidRequest, NotebookFileError, ProtocolError, RuntimedError, error_to_wire,
+)
 from runtimed.plugins import Registry, get_plugin_manager
 from runtimed.protocol.messages import (
-    DOC_SYNC, NOTEBOOK_CHANNELS, REQUEST, RESPONSE, STATE_SYNC, dumps, fail, loads, ok,
+    DOC_SYNC, REQUEST, RESPONSE, STATE_SYNC, dumps, fail, loads, ok,
     parse_handshake, split_typed, typed,
 )
 from runtimed.protocol.transport import FramedProtocol
@@ -43,7 +49,11 @@ class Daemon:
             os.rmdir(self.runtime_dir)
             raise
         self.sinks = PluginSinks([(plugin, cls(config)) for plugin, cls in self.registry.sinks])
+        self.files = NbformatWorker()
         self.rooms: dict[str, Room] = {}
+        #: File-backed rooms by their file (a room saved under another name moves here).
+        self.file_rooms: dict[Path, Room] = {}
+        self._opening: dict[Path, asyncio.Task[Room]] = {}
         self._stopping: asyncio.Event | None = None
         self._lock_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -114,7 +124,9 @@ class Daemon:
         await asyncio.gather(*(room.close() for room in list(self.rooms.values())),
                              return_exceptions=True)
         self.rooms.clear()
+        self.file_rooms.clear()
         await self.provisioner.stop()
+        await self.files.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket_path.unlink()
         with contextlib.suppress(OSError):
@@ -124,12 +136,49 @@ class Daemon:
 
     # rooms ------------------------------------------------------------------------------------------
     def room(self, notebook_id: str) -> Room:
+        """The room of ``notebook_id`` (an untitled one is created when there is none)."""
         room = self.rooms.get(notebook_id)
         if room is None or room.closed:
             room = self.rooms[notebook_id] = Room(
                 notebook_id, config=self.config, provisioner=self.provisioner, sinks=self.sinks,
-                on_idle=self.evict)
+                on_idle=self.evict, files=self.files)
         return room
+
+    async def file_room(self, path: Path, *, create: bool = False) -> Room:
+        """The room of the notebook at ``path`` (resolved), opening the file if no room has it.
+
+        With ``create`` the file must not exist yet (it is created empty).
+        """
+        room = self.file_rooms.get(path)
+        if room is not None and not room.closed:
+            if create:
+                raise NotebookFileError(f"{path} already exists", path=str(path), kind="exists")
+            return room
+        if create and path.exists():
+            raise NotebookFileError(f"{path} already exists", path=str(path), kind="exists")
+        opening = self._opening.get(path)
+        if opening is None:  # one open per file, however many sessions ask at once
+            opening = self._opening[path] = asyncio.create_task(self._open_file(path))
+            opening.add_done_callback(lambda _: self._opening.pop(path, None))
+        return await asyncio.shield(opening)
+
+    async def _open_file(self, path: Path) -> Room:
+        room = self.room(str(path))
+        try:
+            await room.open_file(path)
+        except BaseException:
+            self.rooms.pop(room.notebook_id, None)
+            await room.close()
+            raise
+        self.file_rooms[path] = room
+        return room
+
+    def moved(self, room: Room, old: Path | None) -> None:
+        """``room`` is now backed by another file (save as)."""
+        if old is not None and self.file_rooms.get(old) is room:
+            del self.file_rooms[old]
+        if room.file is not None:
+            self.file_rooms[room.file.path] = room
 
     async def evict(self, room: Room) -> None:
         if room.peers or room.closed:
@@ -137,12 +186,15 @@ class Daemon:
         log.info("Evicting idle room %s", room.notebook_id)
         if self.rooms.get(room.notebook_id) is room:
             del self.rooms[room.notebook_id]
+        if room.file is not None and self.file_rooms.get(room.file.path) is room:
+            del self.file_rooms[room.file.path]
         await room.close()
 
     # pool channel --------------------------------------------------------------------------------------
     def list_rooms(self) -> list[dict[str, Any]]:
         return [
-            {"notebook_id": room.notebook_id, "active_peers": len(room.peers), **room.kernel.info()}
+            {"notebook_id": room.notebook_id, "active_peers": len(room.peers),
+             "path": str(room.file.path) if room.file is not None else None, **room.kernel.info()}
             for room in self.rooms.values() if not room.closed
         ]
 
@@ -190,6 +242,7 @@ class Connection:
         self.channel: str | None = None
         self.room: Room | None = None
         self.peer: Peer | None = None
+        self._early: list[bytes] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _error_payload(self, exc: ProtocolError) -> bytes:
@@ -218,6 +271,8 @@ class Connection:
             elif self.channel == "pool":
                 req = loads(payload, "request")
                 self._spawn(self._answer(req, self.daemon.pool_request(req), raw=True))
+            elif self.room is None:  # the room's file is being opened
+                self._early.append(payload)
             else:
                 self._notebook_frame(payload)
         except ProtocolError as exc:
@@ -225,13 +280,45 @@ class Connection:
 
     def _handshake(self, payload: bytes) -> None:
         hs = parse_handshake(payload)
-        if hs.channel not in ("pool", "notebook_sync"):
-            raise ProtocolError(f"Channel {hs.channel!r} is not supported by this daemon yet")
+        if hs.channel == "blob":
+            raise ProtocolError("Channel 'blob' is not supported by this daemon yet")
         self.channel = hs.channel
-        if hs.channel in NOTEBOOK_CHANNELS:
+        if hs.channel == "notebook_sync":
             assert hs.notebook_id is not None
-            self.room = self.daemon.room(hs.notebook_id)
-            self.peer = self.room.add_peer(self.proto)
+            path = _as_notebook_path(hs.notebook_id)
+            if path is None or path in self.daemon.file_rooms:
+                self._join(self.daemon.room(hs.notebook_id) if path is None
+                           else self.daemon.file_rooms[path])
+            else:  # the id of a notebook file not open yet: open it
+                self._spawn(self._join_file(path))
+        elif hs.channel in ("open_notebook", "create_notebook"):
+            if hs.path is None:  # create_notebook without a path: a new untitled notebook
+                self._join(self.daemon.room(f"agent-session-{uuid.uuid4()}"))
+            else:
+                self._spawn(self._join_file(resolve_notebook(hs.path),
+                                            create=hs.channel == "create_notebook"))
+
+    def _join(self, room: Room) -> None:
+        self.room = room
+        self.peer = room.add_peer(self.proto)
+        for frame in self._early:  # what the client sent while the room was being opened
+            self._notebook_frame(frame)
+        self._early.clear()
+
+    async def _join_file(self, path: Path, *, create: bool = False) -> None:
+        try:
+            room = await self.daemon.file_room(path, create=create)
+        except RuntimedError as exc:
+            log.info("Could not open %s: %s", path, exc.message)
+            if not self.proto.closed:
+                self.proto.send(dumps(fail(None, error_to_wire(exc))))
+                self.proto.close()
+            return
+        if not self.proto.closed:
+            try:
+                self._join(room)
+            except ProtocolError as exc:
+                self.proto.abort(exc)
 
     def _notebook_frame(self, payload: bytes) -> None:
         assert self.room is not None and self.peer is not None
@@ -283,6 +370,21 @@ class Connection:
         if kind == "shutdown_kernel":
             await room.kernel.shutdown()
             return _heads(room)
+        if kind == "save":
+            old = room.file.path if room.file is not None else None
+            target = req.get("path")
+            if target is not None and not isinstance(target, str):
+                raise InvalidRequest("save: path must be a string")
+            written = await room.save(resolve_notebook(target) if target else None)
+            self.daemon.moved(room, old)
+            return {"path": str(written), **_heads(room)}
+        if kind == "clear_outputs":
+            cell_ids = req.get("cell_ids")
+            if cell_ids is not None and not (isinstance(cell_ids, list)
+                                             and all(isinstance(c, str) for c in cell_ids)):
+                raise InvalidRequest("clear_outputs: cell_ids must be a list of cell ids")
+            room.clear_outputs(cell_ids)
+            return _heads(room)
         if kind == "ping":
             return {"pong": True}
         raise ProtocolError(f"Unknown request {kind!r}")
@@ -302,6 +404,14 @@ class Connection:
         if req.get("wait", True):
             await asyncio.shield(ex.done)
         return {"execution_id": ex.id, "status": ex.status, **_heads(room)}
+
+
+def _as_notebook_path(notebook_id: str) -> Path | None:
+    """A notebook id that names a notebook file (an absolute path to a ``.ipynb``), resolved."""
+    if not notebook_id.startswith("/") or not notebook_id.endswith(".ipynb"):
+        return None
+    path = resolve_notebook(notebook_id)
+    return path if path.is_file() else None
 
 
 def _heads(room: Room) -> dict[str, list[str]]:

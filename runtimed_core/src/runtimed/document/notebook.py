@@ -2,11 +2,15 @@
 
 ::
 
-    ROOT: schema_version, notebook_id, cells/{cell_id}, metadata/
+    ROOT: schema_version, notebook_id, cells/{cell_id}, metadata/, layout
     cells/{cell_id}: id, cell_type, position, source (Text), execution_count,
-                     execution_id, metadata/
+                     execution_id, metadata/, attachments (JSON string, markdown
+                     and raw cells that have any)
 
 Every replica starts from the same deterministic skeleton (:func:`new_replica`).
+A cell's position is a fractional index (sort by it, the id breaks ties);
+moving cells rewrites positions and puts a fresh token in ``layout``, which is
+how every replica notices that the order changed without reading every position.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from fractional_indexing import generate_key_between
+from fractional_indexing import generate_key_between, generate_n_keys_between
 
 from runtimed.document.replica import (
     ROOT, Int, Map, Replica, Str, Text, put_json, splice_to,
@@ -41,6 +45,8 @@ class CellData:
     execution_count: int | None
     execution_id: str | None
     metadata: dict[str, Any]
+    #: Markdown and raw cells' attachments (nbformat), if any.
+    attachments: dict[str, Any] | None = None
 
 
 def new_replica() -> Replica:
@@ -99,15 +105,17 @@ def cell_ids(replica: Replica) -> list[str]:
     if cache is not None and cache[0] == replica.version:
         return cache[1]
     cells = _cells_obj(replica)
-    positions: dict[str, str] = cache[2] if cache is not None else {}
+    layout = replica.get(ROOT, "layout")
+    moved = cache is None or cache[3] != layout  # positions were rewritten: read them all
+    positions: dict[str, str] = {} if moved else cache[2]
     keys = replica.keys(cells)
-    if cache is None or positions.keys() != set(keys):
+    if moved or positions.keys() != set(keys):
         positions = {k: positions.get(k) or replica.get(replica.get_obj(cells, k), "position") or ""
                      for k in keys}
         order = [cid for _, cid in sorted((pos, cid) for cid, pos in positions.items())]
     else:
         order = cache[1]  # type: ignore[index]
-    replica.cache["cell_order"] = (replica.version, order, positions)
+    replica.cache["cell_order"] = (replica.version, order, positions, layout)
     return order
 
 
@@ -152,18 +160,48 @@ def add_cell(
         if source:
             tx.splice_text(text, 0, 0, source)
         tx.put_object(cell, "metadata", Map)  # execution_count/execution_id: absent until run
-    _, _, positions = replica.cache["cell_order"]
+    _, _, positions, layout = replica.cache["cell_order"]
     positions = {**positions, cell_id: position}
     new_order = list(order)
     bisect.insort(new_order, cell_id, key=lambda c: (positions[c], c))
-    replica.cache["cell_order"] = (replica.version, new_order, positions)  # no re-read needed
+    replica.cache["cell_order"] = (replica.version, new_order, positions, layout)  # no re-read
     return cell_id
+
+
+def move_cell(replica: Replica, cell_id: str, index: int) -> None:
+    """Move a cell to ``index`` of the order without it (clamped: past the end is the end)."""
+    cells = _cells_obj(replica)
+    cell = _cell_obj(replica, cell_id)
+    others = [c for c in cell_ids(replica) if c != cell_id]
+    index = max(0, min(index, len(others)))
+    if cell_ids(replica).index(cell_id) == index:
+        return
+    pos = lambda c: replica.get(replica.get_obj(cells, c), "position")  # noqa: E731
+    lower = pos(others[index - 1]) if index > 0 else None
+    upper = pos(others[index]) if index < len(others) else None
+    if lower is not None and upper is not None and lower >= upper:  # ties: respace them all
+        set_order(replica, [*others[:index], cell_id, *others[index:]])
+        return
+    with replica.change() as tx:
+        tx.put(cell, "position", Str, generate_key_between(lower, upper))
+        tx.put(ROOT, "layout", Str, uuid.uuid4().hex)
+
+
+def set_order(replica: Replica, order: list[str]) -> None:
+    """Give the cells of ``order`` (every cell, in the new order) fresh, evenly spread positions."""
+    cells = _cells_obj(replica)
+    keys = generate_n_keys_between(None, None, len(order))
+    with replica.change() as tx:
+        for cid, key in zip(order, keys):
+            tx.put(replica.get_obj(cells, cid), "position", Str, key)
+        tx.put(ROOT, "layout", Str, uuid.uuid4().hex)
 
 
 def read_cell(replica: Replica, cell_id: str) -> CellData:
     cell = _cell_obj(replica, cell_id)
     text = replica.get_obj(cell, "source")
     meta = replica.get_obj(cell, "metadata")
+    attachments = replica.get(cell, "attachments")
     return CellData(
         id=cell_id,
         cell_type=replica.get(cell, "cell_type") or "code",
@@ -172,6 +210,7 @@ def read_cell(replica: Replica, cell_id: str) -> CellData:
         execution_count=replica.get(cell, "execution_count"),
         execution_id=replica.get(cell, "execution_id"),
         metadata=replica.to_py(meta) if meta is not None else {},
+        attachments=json.loads(attachments) if isinstance(attachments, str) else None,
     )
 
 
@@ -195,6 +234,31 @@ def delete_cell(replica: Replica, cell_id: str) -> None:
     _cell_obj(replica, cell_id)
     with replica.change() as tx:
         tx.delete(cells, cell_id)
+
+
+def set_cell_metadata(replica: Replica, cell_id: str, key: str, value: Any) -> None:
+    """Set one key of a cell's metadata to a JSON value."""
+    cell = _cell_obj(replica, cell_id)
+    meta = replica.get_obj(cell, "metadata")
+    with replica.change() as tx:
+        if meta is None:
+            meta = tx.put_object(cell, "metadata", Map)
+        put_json(tx, meta, key, value)
+
+
+def clear_execution(replica: Replica, cell_ids: list[str], *, counts: bool = True) -> None:
+    """Detach cells from their executions (and, with ``counts``, their execution counts):
+    the daemon clearing outputs, or taking a file's outputs instead."""
+    cells = _cells_obj(replica)
+    keys = ("execution_id", "execution_count") if counts else ("execution_id",)
+    with replica.change() as tx:
+        for cid in cell_ids:
+            cell = replica.get_obj(cells, cid)
+            if cell is None:
+                continue
+            for key in keys:
+                if replica.get(cell, key) is not None:
+                    tx.delete(cell, key)
 
 
 def set_execution(replica: Replica, cell_id: str, *, execution_id: str | None = None,

@@ -54,6 +54,19 @@ class Replica:
             yield tx
         self._moved()
 
+    def merge(self, other: Replica) -> bool:
+        """Merge another document's changes into this one; return True if it changed."""
+        self.doc.merge(other.doc)
+        return self._moved()
+
+    def fork_at(self, heads: list[bytes]) -> Replica:
+        """An independent copy of this document as it was at ``heads``, with its own actor."""
+        import uuid
+
+        fork = Replica(self.doc.fork_at(heads) if heads else self.doc.fork())
+        fork.doc.set_actor(uuid.uuid4().bytes)
+        return fork
+
     def receive(self, state: am.SyncState, message: bytes) -> bool:
         """Apply a peer's sync message; return True if the document changed."""
         self.doc.receive_sync_message(state, am.Message.decode(bytes(message)))

@@ -9,6 +9,8 @@ Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
           queue     [execution_id ...]   (queued, not yet running)
           executions/{execution_id}: cell_id, status, source, execution_count,
                                      success, error, failure, outputs [output ...]
+          saved_outputs/{cell_id}: the outputs a notebook file holds for a cell that has
+                                   not run since (a JSON string: a list of nbformat outputs)
     (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
     restarted, shutdown)
 
@@ -26,6 +28,7 @@ every client the new document whole (the ``state_reset`` broadcast).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from runtimed.document.replica import ROOT, F64, Bool, Int, List, Map, Null, Replica, Str, put_json
@@ -62,6 +65,8 @@ class RuntimeStateWriter:
                 _put_scalar(tx, self.kernel, key, value)
             self.queue = tx.put_object(ROOT, "queue", List)
             self.executions = tx.put_object(ROOT, "executions", Map)
+            self.saved = tx.put_object(ROOT, "saved_outputs", Map)
+        self._saved: set[str] = set()
         self._exec_objs: dict[str, tuple[bytes, bytes]] = {}  # eid -> (execution map, outputs list)
         self._queued: list[str] = []
 
@@ -84,8 +89,34 @@ class RuntimeStateWriter:
                 for i, output in enumerate(record.get("outputs", [])):
                     put_json(tx, outputs, i, output, insert=True)
                 new._exec_objs[execution_id] = (copy, outputs)
+            for cell_id in self._saved:
+                tx.put(new.saved, cell_id, Str, old.get(self.saved, cell_id) or "[]")
         new._queued = list(self._queued)
+        new._saved = set(self._saved)
         return new
+
+    # outputs saved in a notebook file -------------------------------------------------------------
+    def set_saved_outputs(self, outputs: dict[str, list[dict[str, Any]]]) -> None:
+        """Record the outputs a notebook file holds, per cell id (one change)."""
+        if not outputs:
+            return
+        with self.replica.change() as tx:
+            for cell_id, cell_outputs in outputs.items():
+                tx.put(self.saved, cell_id, Str, json.dumps(cell_outputs))
+        self._saved.update(outputs)
+
+    def drop_saved_outputs(self, cell_ids: Iterable[str]) -> None:
+        """Forget saved outputs (the cells ran since, or were cleared)."""
+        gone = [c for c in cell_ids if c in self._saved]
+        if gone:
+            with self.replica.change() as tx:
+                for cell_id in gone:
+                    tx.delete(self.saved, cell_id)
+            self._saved.difference_update(gone)
+
+    def execution_ids(self) -> list[str]:
+        """Every execution the document holds."""
+        return list(self._exec_objs)
 
     def set_kernel(self, **fields: Any) -> None:
         with self.replica.change() as tx:
@@ -214,6 +245,13 @@ def read_execution(replica: Replica, execution_id: str) -> dict[str, Any] | None
         _read_output(replica, replica.get_obj(outputs, i)) for i in range(replica.length(outputs))
     ] if outputs is not None else []
     return result
+
+
+def read_saved_outputs(replica: Replica, cell_id: str) -> list[dict[str, Any]] | None:
+    """The outputs a notebook file holds for ``cell_id`` (it has not run since), if any."""
+    saved = replica.get_obj(ROOT, "saved_outputs")
+    text = replica.get(saved, cell_id) if saved is not None else None
+    return json.loads(text) if isinstance(text, str) else None
 
 
 def queued_ids(replica: Replica) -> list[str]:
