@@ -39,7 +39,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "memory", "pool", "restart")
+SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "memory", "pool",
+             "restart")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
 POOL_PACKAGES = ("ipykernel", "ipywidgets")
@@ -56,6 +57,9 @@ TARGETS = {
     "rss_idle": "<= 45 MB",
     "rss_per_kernel": "<= 5 MB",
     "restart": "<= 0.7 s",
+    "file_open": "<= 2x nbformat.read",
+    "file_save": "<= 2x nbformat.write",
+    "execute": "<= 0.25x jupyter execute",
 }
 
 
@@ -263,14 +267,14 @@ class Bench:
     # -- runtimed -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def daemon(self, name: str, *, uv_pool_size: int = 2, env: dict[str, str] | None = None,
-               wait: bool = True) -> Iterator[Any]:
+               wait: bool = True, hot_kernels: int | None = None) -> Iterator[Any]:
         """A fresh isolated daemon for one scenario; stopped (and its kernels reaped) afterwards."""
         from runtimed.pytest_plugin import DaemonProcess
 
         root = self.root / f"daemon-{name}-{uuid.uuid4().hex[:6]}"
         options: dict[str, Any] = {}
         if "hot_kernels" in inspect.signature(DaemonProcess.__init__).parameters:
-            options["hot_kernels"] = self.args.hot_kernels
+            options["hot_kernels"] = self.args.hot_kernels if hot_kernels is None else hot_kernels
         elif self.args.hot_kernels:
             raise RuntimeError("--hot-kernels: this runtimed has no hot kernels")
         # Only the uv pool: no conda builds competing for the 2 cores in the background.
@@ -331,6 +335,15 @@ class Bench:
                 return
             if time.monotonic() > deadline:
                 raise BenchTimeout(f"uv pool did not reach {available} within {timeout:g} s: {status}")
+            time.sleep(0.05)
+
+    def wait_hot(self, daemon: Any, timeout: float = 120.0) -> None:
+        """Until the daemon has a hot kernel ready (and its pool is back at its target)."""
+        deadline = time.monotonic() + timeout
+        client = daemon.client()
+        while client.status().get("hot_available", 0) < 1 or client.status().get("uv_warming"):
+            if time.monotonic() > deadline:
+                raise BenchTimeout(f"no hot kernel within {timeout:g} s: {client.status()}")
             time.sleep(0.05)
 
     # -- jupyter_client -------------------------------------------------------------------------
@@ -869,6 +882,111 @@ def scenario_bigdoc(b: Bench) -> dict[str, Any]:
     return res
 
 
+def _big_notebook(path: Path, cells: int) -> None:
+    """A notebook with text, stream and image outputs, written by nbformat."""
+    import base64
+
+    import nbformat
+    from nbformat import v4
+
+    png = base64.b64encode(os.urandom(20000)).decode()
+    nb = v4.new_notebook()
+    for i in range(cells):
+        if i % 5 == 0:
+            nb.cells.append(v4.new_markdown_cell(f"# Section {i}\nSome *text* here, line two.\n"))
+            continue
+        cell = v4.new_code_cell(f"x{i} = {i}\nprint(x{i})\nfor j in range(3):\n    print(j)\n",
+                                execution_count=i)
+        cell.outputs = [v4.new_output("stream", name="stdout", text=f"{i}\n0\n1\n2\n")]
+        if i % 10 == 1:
+            cell.outputs.append(v4.new_output("display_data", data={"image/png": png,
+                                                                    "text/plain": "<Figure>"}))
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+
+
+def scenario_files(b: Bench) -> dict[str, Any]:
+    """Notebook files: open and save a 1,000-cell notebook with outputs (vs nbformat.read and
+    nbformat.write of it), and run a 10-cell notebook from the CLI (vs nbclient's `jupyter
+    execute`, same kernel environment), on a warm daemon with a hot kernel."""
+    import nbformat
+    from nbformat import v4
+
+    cells, runs = 1000, (3 if b.quick else 5)
+    folder = b.root / "files"
+    folder.mkdir()
+    big = folder / "big.ipynb"
+    _big_notebook(big, cells)
+    small = folder / "small.ipynb"
+    nb = v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [v4.new_code_cell(f"x{i} = {i} * 2\nprint(x{i})") for i in range(10)]
+    nbformat.write(nb, small)
+    res: dict[str, Any] = {"cells": cells, "runs": runs, "size_bytes": big.stat().st_size}
+
+    jc = Side(res, "jupyter_client", b)  # the tools users pick: nbformat, nbclient
+    with jc as out:
+        reads, writes = [], []
+        for _ in range(1 + runs):
+            t0 = time.perf_counter()
+            loaded = nbformat.read(big, as_version=4)
+            reads.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            nbformat.write(loaded, folder / "nbformat-copy.ipynb")
+            writes.append(time.perf_counter() - t0)
+        out["open"], out["save"] = summary(reads[1:]), summary(writes[1:])
+        jupyter_path = folder / "jupyter"
+        jupyter_path.mkdir()
+        (jupyter_path / "kernels").symlink_to(b.specs_dir)  # the baseline env's kernelspec
+        env = {**os.environ, "JUPYTER_PATH": str(jupyter_path)}
+        walls = []
+        for _ in range(1 + runs):
+            t0 = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).parent / "jupyter-execute"),
+                            f"--kernel_name={KERNEL_NAME}", "--output", str(folder / "jc-out"),
+                            str(small)], env=env, check=True, capture_output=True, timeout=120)
+            assert nbformat.read(folder / "jc-out.ipynb", 4).cells[9].outputs, "nbclient ran it"
+            walls.append(time.perf_counter() - t0)
+        out["execute"] = summary(walls[1:])
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("files", uv_pool_size=1, hot_kernels=1) as daemon:
+        import runtimed
+
+        opens, saves = [], []
+        for i in range(1 + runs):
+            copy = folder / f"big-{i}.ipynb"
+            shutil.copyfile(big, copy)
+            with watchdog(120, "open a 1,000-cell notebook"):
+                t0 = time.perf_counter()
+                s = runtimed.Session(path=copy, socket_path=daemon.socket_path)
+                s.connect()
+                while len(s.get_cells()) < cells:
+                    pass
+                opens.append(time.perf_counter() - t0)
+            try:
+                first = s.get_cells()[1].id
+                s.set_source(first, f"x = {i}")
+                with watchdog(60, "save"):
+                    t0 = time.perf_counter()
+                    s.save()
+                    saves.append(time.perf_counter() - t0)
+            finally:
+                close_session(s)
+        out["open"], out["save"] = summary(opens[1:]), summary(saves[1:])
+        walls = []
+        for i in range(1 + runs):
+            b.wait_hot(daemon)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "runtimed", "execute", str(small), "-o",
+                            str(folder / f"rt-out-{i}.ipynb"), "--socket", str(daemon.socket_path)],
+                           check=True, capture_output=True, timeout=120)
+            walls.append(time.perf_counter() - t0)
+            assert nbformat.read(folder / f"rt-out-{i}.ipynb", 4).cells[9].outputs, "runtimed ran it"
+        out["execute"] = summary(walls[1:])
+    return res
+
+
 JC_MEMORY_CHILD = r"""
 import json, os, sys, time, warnings
 warnings.filterwarnings("ignore")
@@ -1068,6 +1186,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "output": scenario_output,
     "multiclient": scenario_multiclient,
     "bigdoc": scenario_bigdoc,
+    "files": scenario_files,
     "memory": scenario_memory,
     "pool": scenario_pool,
     "restart": scenario_restart,
@@ -1201,6 +1320,15 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         timed("source edit in A visible in B, p95", r, ("propagation",), stat="p95")
     if "bigdoc" in scen:
         timed("1,000-cell notebook: 2nd client joins and sees all (median)", scen["bigdoc"], ("join",))
+    if "files" in scen:
+        r = scen["files"]
+        size = f"{r.get('size_bytes', 0) / 1e6:.1f} MB" if r.get("size_bytes") else ""
+        timed(f"open a 1,000-cell notebook with outputs ({size}) until get_cells() (median)", r,
+              ("open",), target=TARGETS["file_open"], jc_limit_ratio=2)
+        timed("save() of it after an edit (median)", r, ("save",), target=TARGETS["file_save"],
+              jc_limit_ratio=2)
+        timed("`runtimed execute` of a 10-cell notebook, warm daemon (median)", r, ("execute",),
+              target=TARGETS["execute"], jc_limit_ratio=0.25)
     if "memory" in scen:
         r = scen["memory"]
         rt, jc = r.get("runtimed"), r.get("jupyter_client")

@@ -48,3 +48,13 @@ def test_sync_api_inside_a_running_event_loop(runtimed_daemon):
             return session.run("print('from inside a loop')").stdout
 
     assert asyncio.run(notebook_cell()) == "from inside a loop\n"
+
+
+def test_notebook_file_names_exist():
+    for cls in (runtimed.Session, runtimed.AsyncSession):
+        for name in ("path", "save", "run_all", "move_cell", "clear_outputs", "set_cell_metadata"):
+            assert hasattr(cls, name), f"{cls.__name__}.{name}"
+        assert "path" in inspect.signature(cls.__init__).parameters
+    for name in ("metadata", "outputs"):
+        assert name in runtimed.Cell.__dataclass_fields__
+    assert issubclass(runtimed.NotebookFileError, runtimed.RuntimedError)

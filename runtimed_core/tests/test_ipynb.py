@@ -168,3 +168,35 @@ def test_moves_keep_most_positions():
     assert positions == sorted(positions) and len(set(positions)) == 4
     kept = [new for old, new in zip(["a1", None, "a0", "a2"], positions) if new == old]
     assert len(kept) == 2, "the longest run already in order keeps its keys; the others move"
+
+
+def test_a_cancelled_request_does_not_stall_the_nbformat_process(tmp_path):
+    """A room that closes while its file is being read cancels the read: the next request
+    must still get its own reply (not the cancelled one's, not none)."""
+    import asyncio
+
+    from runtimed.daemon.nbformat_worker import NbformatWorker
+
+    big = json.loads(json.dumps(rich_notebook()))
+    big["cells"] = big["cells"] * 300  # a reply larger than a pipe's buffer
+    for i, cell in enumerate(big["cells"]):
+        cell["id"] = f"c{i}"
+    path = tmp_path / "big.ipynb"
+    nbfile.write(path, big)
+
+    async def scenario() -> None:
+        worker = NbformatWorker()
+        try:
+            await worker.read(path)  # started
+            for _ in range(3):
+                reading = asyncio.ensure_future(worker.read(path))
+                await asyncio.sleep(0.01)
+                reading.cancel()
+            small = tmp_path / "small.ipynb"
+            found = await asyncio.wait_for(worker.write(small, ipynb.new_notebook()), 20)
+            assert found["size"] == small.stat().st_size
+            assert len((await asyncio.wait_for(worker.read(path), 20))["nb"]["cells"]) == 1800
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())

@@ -8,6 +8,8 @@ import logging
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,3 +335,52 @@ def _pids(text: str) -> list[int]:
         if text in cmdline and int(pid) != os.getpid():
             found.append(int(pid))
     return found
+
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "squares.ipynb"
+
+
+def _execute(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtimed", "execute", *args,
+                           "--socket", str(daemon.socket_path)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_execute_runs_a_notebook_papermill_style(daemon, tmp_path):
+    before = EXAMPLE.read_bytes()
+    out = tmp_path / "out.ipynb"
+    done = _execute(daemon, str(EXAMPLE), "-o", str(out), "-p", "n", "5")
+    assert done.returncode == 0, done.stderr
+    assert EXAMPLE.read_bytes() == before, "the input is left as it is"
+    nb = written(out)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert [c.source for c in injected] == ["# Parameters\nn = 5\n"]
+    assert nb.cells.index(injected[0]) == 2, "right after the cell tagged parameters"
+    assert nb.cells[3].outputs[0]["text"] == "[0, 1, 4, 9, 16]\n"
+    assert nb.cells[4].outputs[0]["data"]["text/plain"] == "30"
+    again = _execute(daemon, str(out), "--inplace", "-p", "n", "2")  # re-run the output: one injected cell
+    assert again.returncode == 0, again.stderr
+    nb = written(out)
+    assert [c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])] == [
+        "# Parameters\nn = 2\n"]
+    assert nb.cells[4].outputs[0]["data"]["text/plain"] == "1"
+
+
+def test_execute_fails_naming_the_cell_and_still_writes(daemon, tmp_path):
+    source = tmp_path / "failing.ipynb"
+    nb = v4.new_notebook()
+    nb.cells = [v4.new_code_cell("x = 1"), v4.new_code_cell("raise RuntimeError('no data')"),
+                v4.new_code_cell("never = True")]
+    nbformat.write(nb, source)
+    out = tmp_path / "out.ipynb"
+    failed = _execute(daemon, str(source), "-o", str(out))
+    assert failed.returncode == 1
+    assert f"cell {nb.cells[1].id} failed: RuntimeError: no data" in failed.stderr
+    written_nb = written(out)
+    assert written_nb.cells[1].outputs[0]["ename"] == "RuntimeError"
+    assert written_nb.cells[2].outputs == [], "the run stopped at the error"
+    allowed = _execute(daemon, str(source), "-o", str(out), "--allow-errors")
+    assert allowed.returncode == 0 and written(out).cells[2].execution_count is not None
+    usage = _execute(daemon, str(source))
+    assert usage.returncode == 1 and usage.stderr.strip().splitlines() == [
+        "runtimed: error: Give -o OUT.ipynb (where the executed notebook goes) or --inplace"]

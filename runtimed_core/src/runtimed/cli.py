@@ -11,10 +11,11 @@ import json
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
-from runtimed.errors import RuntimedError
+from runtimed.errors import InvalidRequest, RuntimedError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -131,7 +132,9 @@ def _list_rooms(args: argparse.Namespace) -> int:
             return "no rooms"
         lines = [f"{'NOTEBOOK':40} {'PEERS':>5} {'KERNEL':8} {'STATUS':12} ENV"]
         for r in rows:
-            lines.append(f"{r['notebook_id'][:40]:40} {r['active_peers']:>5} {r.get('kernel_type') or '-':8} "
+            path = r.get("path")  # a file's name is at its end: long paths lose their start
+            name = (path if len(path) <= 40 else "…" + path[-39:]) if path else r["notebook_id"][:40]
+            lines.append(f"{name:40} {r['active_peers']:>5} {r.get('kernel_type') or '-':8} "
                          f"{r.get('kernel_status') or '-':12} {r.get('env_source') or '-'}")
         return "\n".join(lines)
 
@@ -204,6 +207,73 @@ def _exec(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+def parameter_value(text: str) -> Any:
+    """A ``-p`` value as papermill reads one: True/False/None, an int, a float, else the text."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def inject_parameters(session: Any, parameters: dict[str, Any]) -> None:
+    """papermill's way: a cell tagged ``injected-parameters`` after the cell tagged
+    ``parameters`` (the first cell if none); an earlier injected cell is replaced."""
+    cells = session.get_cells()
+    for cell in cells:
+        if "injected-parameters" in (cell.metadata.get("tags") or []):
+            session.delete_cell(cell.id)
+    cells = [c for c in cells if "injected-parameters" not in (c.metadata.get("tags") or [])]
+    index = next((i + 1 for i, c in enumerate(cells) if "parameters" in (c.metadata.get("tags") or [])), 0)
+    source = "# Parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in parameters.items())
+    cell_id = session.create_cell(source, index=index)
+    session.set_cell_metadata(cell_id, "tags", json.dumps(["injected-parameters"]))
+
+
+def _execute(args: argparse.Namespace) -> int:
+    """Run a notebook papermill's way: a copy is executed (the input stays as it is) and
+    written to ``-o`` (or over the input with ``--inplace``), with the error in it if a cell
+    failed (exit status 1)."""
+    from runtimed.client.sync import Session
+
+    source = Path(args.notebook).expanduser().resolve()
+    if not args.inplace and not args.output:
+        raise InvalidRequest("Give -o OUT.ipynb (where the executed notebook goes) or --inplace")
+    target = source if args.inplace else Path(args.output).expanduser().resolve()
+    progress = _ProgressLine()
+    session = Session(f"execute-{uuid.uuid4()}", socket_path=args.socket)
+    try:
+        session.connect()
+        session._import_notebook(source)
+        if args.parameters:
+            inject_parameters(session, {name: parameter_value(v) for name, v in args.parameters})
+        session.start_kernel(args.kernel_type, args.env_source, str(source), on_progress=progress)
+
+        def on_cell(i: int, n: int, cell: Any, result: Any) -> None:
+            if result is None:  # starting
+                progress({"progress": f"[{i}/{n}] {cell.source.strip().splitlines()[0][:60]}"})
+
+        results = session.run_all(timeout_secs=args.timeout, allow_errors=args.allow_errors,
+                                  on_cell=on_cell)
+        tags = {c.id: c.metadata.get("tags") or [] for c in session.get_cells()}
+        written = session.save(target)
+    finally:
+        progress.done()
+        session.__exit__(None, None, None)
+    failed = [r for r in results if not r.success and "raises-exception" not in tags.get(r.cell_id, [])]
+    print(f"runtimed: executed {len(results)} cells into {written}", file=sys.stderr)
+    for result in failed:
+        error = result.error
+        what = f"{error.ename}: {error.evalue}" if error else result.failure or "it failed"
+        print(f"runtimed: cell {result.cell_id} failed: {what}", file=sys.stderr)
+    return 1 if failed and not args.allow_errors else 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from runtimed.plugins import describe_plugins, get_plugin_manager
 
@@ -263,6 +333,21 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     exe.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
     exe.add_argument("--json", action="store_true", help="machine-readable output")
     exe.set_defaults(func=_exec)
+
+    run_nb = sub.add_parser("execute", help="run a notebook file's cells and write the executed notebook")
+    run_nb.add_argument("notebook", help="the .ipynb to run (left as it is, unless --inplace)")
+    out = run_nb.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", help="where the executed notebook goes")
+    out.add_argument("--inplace", action="store_true", help="write it over the input")
+    run_nb.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append",
+                        metavar=("NAME", "VALUE"), help="a parameter, injected as papermill does")
+    run_nb.add_argument("--timeout", type=float, help="seconds per cell (default: no limit)")
+    run_nb.add_argument("--allow-errors", action="store_true",
+                        help="run every cell even after one fails (exit status 0)")
+    run_nb.add_argument("--kernel-type", default="auto", help="default: the notebook's kernelspec")
+    run_nb.add_argument("--env-source", default="auto")
+    run_nb.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
+    run_nb.set_defaults(func=_execute)
 
     for name, func, doc, has_json in (
         ("status", _status, "pool counts", True),

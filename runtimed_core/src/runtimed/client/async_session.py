@@ -137,6 +137,8 @@ class AsyncSession:
         channel = Channel(typed_frames=True, on_frame=self._on_frame, on_close=self._on_close)
         handshake = ({"channel": "open_notebook", "path": self._path} if self._path else
                      {"channel": "notebook_sync", "notebook_id": self._notebook_id})
+        if not self._ever_connected:  # nothing of ours to merge yet: take the documents whole
+            handshake["snapshot"] = True
         await channel.open(self.socket_path, handshake)
         self._channel = channel
         try:
@@ -172,6 +174,10 @@ class AsyncSession:
         elif kind == BROADCAST:
             event = loads(body, "broadcast")
             if event.get("event") == "welcome" and not self._welcome.done():
+                if "doc" in event and not self._ever_connected:
+                    self.doc = Replica.load(base64.b64decode(event["doc"]))
+                    self.doc.doc.set_actor(uuid.uuid4().bytes)
+                    self.state = Replica.load(base64.b64decode(event["state"]))
                 self._welcome.set_result(event)
                 return
             if event.get("event") != "state_reset":
@@ -399,7 +405,7 @@ class AsyncSession:
         result = await self._execute_request(cell_id, wait=False)
         return result["execution_id"]
 
-    async def execute_cell(self, cell_id: str, timeout_secs: float = 60) -> ExecutionResult:
+    async def execute_cell(self, cell_id: str, timeout_secs: float | None = 60) -> ExecutionResult:
         """Run a cell (as the document has it now) and return its result.
 
         Starts a kernel if none was started yet. Raises :class:`ExecutionTimeout`
@@ -429,24 +435,35 @@ class AsyncSession:
         await self._sync_state(result, deadline)
         return result
 
-    async def run_all(self, timeout_secs: float = 60, allow_errors: bool = False,
-                      interrupt_on_timeout: bool = False) -> list[ExecutionResult]:
+    async def _import_notebook(self, path: str | os.PathLike[str]) -> None:
+        """Fill this empty, untitled notebook with a copy of the file at ``path`` (which stays
+        untouched; ``save(path)`` later writes the copy where it should go)."""
+        result = await self._request("import_notebook", path=str(Path(path).expanduser().resolve()))
+        await self._sync_state(result)
+
+    async def run_all(self, timeout_secs: float | None = 60, allow_errors: bool = False,
+                      interrupt_on_timeout: bool = False, *,
+                      on_cell: Callable[[int, int, Cell, ExecutionResult | None], None] | None = None,
+                      ) -> list[ExecutionResult]:
         """Run the code cells top to bottom; one result per cell run.
 
         As nbclient does: empty code cells and cells tagged ``skip-execution`` are
         not run; the first failing cell stops the run (its result is the last)
         unless ``allow_errors`` or the cell is tagged ``raises-exception``. A cell
-        that exceeds ``timeout_secs`` raises :class:`ExecutionTimeout`, or, with
-        ``interrupt_on_timeout``, is interrupted (its result shows the
-        KeyboardInterrupt) and counts as failed.
+        that exceeds ``timeout_secs`` (None: no limit) raises :class:`ExecutionTimeout`,
+        or, with ``interrupt_on_timeout``, is interrupted (its result shows the
+        KeyboardInterrupt) and counts as failed. ``on_cell(i, n, cell, result)`` is
+        called as the i-th of n cells to run starts (``result`` None) and ends.
         """
         if not self._connected():
             await self.connect()
+        todo = [c for c in await self.get_cells()
+                if c.cell_type == "code" and c.source.strip()
+                and "skip-execution" not in (c.metadata.get("tags") or [])]
         results = []
-        for cell in await self.get_cells():
-            tags = cell.metadata.get("tags") or []
-            if cell.cell_type != "code" or not cell.source.strip() or "skip-execution" in tags:
-                continue
+        for i, cell in enumerate(todo, 1):
+            if on_cell is not None:
+                on_cell(i, len(todo), cell, None)
             try:
                 result = await self.execute_cell(cell.id, timeout_secs=timeout_secs)
             except ExecutionTimeout:
@@ -455,7 +472,10 @@ class AsyncSession:
                 await self.interrupt()
                 result = await self._latest_result(cell.id)
             results.append(result)
-            if not result.success and not allow_errors and "raises-exception" not in tags:
+            if on_cell is not None:
+                on_cell(i, len(todo), cell, result)
+            allowed = allow_errors or "raises-exception" in (cell.metadata.get("tags") or [])
+            if not result.success and not allowed:
                 break
         return results
 

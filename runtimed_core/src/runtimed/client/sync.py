@@ -139,16 +139,22 @@ class Session:
         return _LoopThread.run(self._async.get_metadata(key))
 
     # execution ------------------------------------------------------------------------------------------
-    def execute_cell(self, cell_id: str, timeout_secs: float = 60) -> ExecutionResult:
+    def execute_cell(self, cell_id: str, timeout_secs: float | None = 60) -> ExecutionResult:
         return _LoopThread.run(self._async.execute_cell(cell_id, timeout_secs))
 
     def queue_cell(self, cell_id: str) -> str:
         return _LoopThread.run(self._async.queue_cell(cell_id))
 
-    def run_all(self, timeout_secs: float = 60, allow_errors: bool = False,
-                interrupt_on_timeout: bool = False) -> list[ExecutionResult]:
-        """See :meth:`AsyncSession.run_all`."""
-        return _LoopThread.run(self._async.run_all(timeout_secs, allow_errors, interrupt_on_timeout))
+    def _import_notebook(self, path: str | os.PathLike[str]) -> None:
+        _LoopThread.run(self._async._import_notebook(path))
+
+    def run_all(self, timeout_secs: float | None = 60, allow_errors: bool = False,
+                interrupt_on_timeout: bool = False, *,
+                on_cell: Callable[[int, int, Cell, ExecutionResult | None], None] | None = None,
+                ) -> list[ExecutionResult]:
+        """See :meth:`AsyncSession.run_all` (``on_cell`` runs on the loop thread)."""
+        return _LoopThread.run(self._async.run_all(timeout_secs, allow_errors, interrupt_on_timeout,
+                                                   on_cell=on_cell))
 
     def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
         return _LoopThread.run(self._async.run(code, timeout_secs))

@@ -102,7 +102,7 @@ class KernelRunner:
 
     async def restart(self) -> None:
         """Replace the kernel; queued and running cells fail."""
-        self._fail_all("Kernel restarted", "restarted")
+        self.fail_all("Kernel restarted", "restarted")
         if self._watcher is not None:
             self._watcher.cancel()
         host = self.host
@@ -124,7 +124,7 @@ class KernelRunner:
 
     async def shutdown(self) -> None:
         """Stop the kernel for good and hand the environment back."""
-        self._fail_all("Kernel shut down", "shutdown")
+        self.fail_all("Kernel shut down", "shutdown")
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,7 +143,7 @@ class KernelRunner:
         log.warning("%s: %s", self.host.notebook_id, reason)
         self.dead_reason = reason
         await kernel.kill()
-        self._fail_all(reason, "kernel_died")
+        self.fail_all(reason, "kernel_died")
         self.host.writer.set_kernel(lifecycle="error", activity=None, error=reason)
         self.host.schedule_flush()
 
@@ -206,7 +206,7 @@ class KernelRunner:
                 "interrupt (a pending await, say). restart_kernel() stops it.",
                 cell_id=running.cell_id, notebook_id=self.host.notebook_id)
 
-    def _fail_all(self, reason: str, failure: str) -> None:
+    def fail_all(self, reason: str, failure: str) -> None:
         pending = ([self.running] if self.running else []) + list(self.queue)
         self.queue.clear()
         for ex in pending:

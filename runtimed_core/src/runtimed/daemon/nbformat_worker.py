@@ -41,6 +41,16 @@ class NbformatWorker:
 
     async def _request(self, request: dict[str, Any], path: Path) -> dict[str, Any]:
         body = json.dumps(request, ensure_ascii=False).encode("utf-8")
+        # The exchange runs to its end even if the caller is cancelled (a room closing while it
+        # reads its file): a reply left unread in the pipe would stall every later request.
+        reply = await asyncio.shield(asyncio.ensure_future(self._exchange(body, path)))
+        if not reply.get("ok"):
+            raise NotebookFileError(reply.get("message", "unknown error"), path=str(path),
+                                    kind=reply.get("kind"))
+        return reply
+
+    async def _exchange(self, body: bytes, path: Path) -> dict[str, Any]:
+        """One request and its reply, one at a time."""
         async with self._lock:
             for attempt in (1, 2):  # a child that exited while idle is replaced once
                 proc = await self._process()
@@ -49,17 +59,13 @@ class NbformatWorker:
                     proc.stdin.write(_LEN.pack(len(body)) + body)
                     await proc.stdin.drain()
                     (length,) = _LEN.unpack(await proc.stdout.readexactly(_LEN.size))
-                    reply = json.loads(await proc.stdout.readexactly(length))
-                    break
+                    return json.loads(await proc.stdout.readexactly(length))
                 except (BrokenPipeError, ConnectionResetError, asyncio.IncompleteReadError) as exc:
                     await self._stop(proc)
                     if attempt == 2:
                         raise NotebookFileError(f"{path}: the nbformat process failed ({exc})",
                                                 path=str(path), kind="bug") from None
-        if not reply.get("ok"):
-            raise NotebookFileError(reply.get("message", "unknown error"), path=str(path),
-                                    kind=reply.get("kind"))
-        return reply
+        raise AssertionError("unreachable")
 
     async def _process(self) -> asyncio.subprocess.Process:
         if self._proc is None or self._proc.returncode is not None:

@@ -30,6 +30,7 @@ from runtimed.document import notebook
 from runtimed.document.replica import ROOT, Replica, SyncState
 from runtimed.document.runtime_state import RuntimeStateWriter
 from runtimed.errors import InvalidRequest, ProtocolError, RuntimedError
+from runtimed.formats import ipynb
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, dumps, typed
 from runtimed.protocol.transport import FramedProtocol
 
@@ -118,7 +119,9 @@ class Room:
         return self._writer.replica
 
     # peers and sync -----------------------------------------------------------------------------
-    def add_peer(self, proto: FramedProtocol) -> Peer:
+    def add_peer(self, proto: FramedProtocol, *, snapshot: bool = False) -> Peer:
+        """A new peer. With ``snapshot`` (it holds nothing yet) its welcome carries both
+        documents whole: loading them is far cheaper than applying their history by sync."""
         if self._evict_timer is not None:
             self._evict_timer.cancel()
             self._evict_timer = None
@@ -131,6 +134,9 @@ class Room:
             "notebook_heads": [h.hex() for h in self.doc.heads],
             "state_heads": [h.hex() for h in self.state.heads],
         }
+        if snapshot:
+            welcome["doc"] = base64.b64encode(self.doc.save()).decode()
+            welcome["state"] = base64.b64encode(self.state.save()).decode()
         peer.send(BROADCAST, dumps(welcome))
         self._sync_soon()
         return peer
@@ -303,6 +309,14 @@ class Room:
             self.file = NotebookFile.attach(path, self, self._files, **self._file_options())
             path = None
         return await self.file.save(path)
+
+    async def import_file(self, path: Path) -> None:
+        """Fill this empty, untitled notebook with a copy of the one at ``path`` (not backed by it)."""
+        if notebook.cell_ids(self.doc):
+            raise InvalidRequest("import_notebook needs an empty notebook", notebook_id=self.notebook_id)
+        loaded = await self._files.read(path)
+        ipynb.fill_documents(self.doc, self._writer, loaded["nb"])
+        self.doc_changed_locally()
 
     def clear_outputs(self, cell_ids: list[str] | None) -> None:
         """Clear the outputs and counts of ``cell_ids`` (None: every cell)."""

@@ -35,6 +35,7 @@ class RoomKernel:
         self.sinks = sinks
         self.runner: KernelRunner | None = None
         self._starting: asyncio.Task[dict[str, Any]] | None = None
+        self._stopping: set[asyncio.Future[None]] = set()
         self._shut_down = False
 
     def info(self) -> dict[str, Any]:
@@ -137,13 +138,21 @@ class RoomKernel:
         assert self.runner is not None
         return self.runner
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, wait: bool = True) -> None:
+        """Stop the kernel for good. Without ``wait`` this returns once the room says so (no
+        kernel runs for it any more); the process ends and its environment goes back in the
+        background (a later ``shutdown(wait=True)``, as when the room closes, waits for that)."""
         if self._starting is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._starting)
         runner, self.runner = self.runner, None
         if runner is not None:
-            await runner.shutdown()
+            runner.fail_all("Kernel shut down", "shutdown")  # now, before this returns
+            stopping = asyncio.ensure_future(runner.shutdown())
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
             self._shut_down = True
             self.host.writer.set_kernel(lifecycle="shutdown", activity=None, progress=None)
             self.host.flush()
+        if wait and self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)

@@ -223,13 +223,15 @@ class Daemon:
 
 
 def _dump_tasks() -> None:
-    """SIGUSR1: log every task's stack (what is the daemon waiting for?)."""
-    import io
-
+    """SIGUSR1: log every task's await chain (what is the daemon waiting for?)."""
     for task in asyncio.all_tasks():
-        out = io.StringIO()
-        task.print_stack(file=out)
-        log.warning("Task %s:\n%s", task.get_name(), out.getvalue())
+        lines, coro = [], task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        log.warning("Task %s:\n%s", task.get_name(), "\n".join(lines))
 
 
 class Connection:
@@ -243,6 +245,7 @@ class Connection:
         self.room: Room | None = None
         self.peer: Peer | None = None
         self._early: list[bytes] = []
+        self._snapshot = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _error_payload(self, exc: ProtocolError) -> bytes:
@@ -283,6 +286,7 @@ class Connection:
         if hs.channel == "blob":
             raise ProtocolError("Channel 'blob' is not supported by this daemon yet")
         self.channel = hs.channel
+        self._snapshot = hs.snapshot
         if hs.channel == "notebook_sync":
             assert hs.notebook_id is not None
             path = _as_notebook_path(hs.notebook_id)
@@ -300,7 +304,7 @@ class Connection:
 
     def _join(self, room: Room) -> None:
         self.room = room
-        self.peer = room.add_peer(self.proto)
+        self.peer = room.add_peer(self.proto, snapshot=self._snapshot)
         for frame in self._early:  # what the client sent while the room was being opened
             self._notebook_frame(frame)
         self._early.clear()
@@ -368,7 +372,7 @@ class Connection:
             await runner.restart()
             return _heads(room)
         if kind == "shutdown_kernel":
-            await room.kernel.shutdown()
+            await room.kernel.shutdown(wait=False)
             return _heads(room)
         if kind == "save":
             old = room.file.path if room.file is not None else None
@@ -378,6 +382,11 @@ class Connection:
             written = await room.save(resolve_notebook(target) if target else None)
             self.daemon.moved(room, old)
             return {"path": str(written), **_heads(room)}
+        if kind == "import_notebook":
+            if not isinstance(req.get("path"), str):
+                raise InvalidRequest("import_notebook needs a path")
+            await room.import_file(resolve_notebook(req["path"]))
+            return _heads(room)
         if kind == "clear_outputs":
             cell_ids = req.get("cell_ids")
             if cell_ids is not None and not (isinstance(cell_ids, list)

@@ -197,25 +197,34 @@ def set_order(replica: Replica, order: list[str]) -> None:
         tx.put(ROOT, "layout", Str, uuid.uuid4().hex)
 
 
-def read_cell(replica: Replica, cell_id: str) -> CellData:
-    cell = _cell_obj(replica, cell_id)
-    text = replica.get_obj(cell, "source")
-    meta = replica.get_obj(cell, "metadata")
-    attachments = replica.get(cell, "attachments")
+def read_cell(replica: Replica, cell_id: str, cell: bytes | None = None) -> CellData:
+    cell = cell if cell is not None else _cell_obj(replica, cell_id)
+    fields = replica.fields(cell)
+
+    def scalar(key: str) -> Any:
+        entry = fields.get(key)
+        return entry[0][1] if entry is not None and isinstance(entry[0], tuple) else None
+
+    def obj(key: str) -> bytes | None:
+        entry = fields.get(key)
+        return entry[1] if entry is not None and not isinstance(entry[0], tuple) else None
+
+    text, meta, attachments = obj("source"), obj("metadata"), scalar("attachments")
     return CellData(
         id=cell_id,
-        cell_type=replica.get(cell, "cell_type") or "code",
-        position=replica.get(cell, "position") or "",
+        cell_type=scalar("cell_type") or "code",
+        position=scalar("position") or "",
         source=replica.text(text) if text is not None else "",
-        execution_count=replica.get(cell, "execution_count"),
-        execution_id=replica.get(cell, "execution_id"),
+        execution_count=scalar("execution_count"),
+        execution_id=scalar("execution_id"),
         metadata=replica.to_py(meta) if meta is not None else {},
         attachments=json.loads(attachments) if isinstance(attachments, str) else None,
     )
 
 
 def read_cells(replica: Replica) -> list[CellData]:
-    return [read_cell(replica, cid) for cid in cell_ids(replica)]
+    cells = _cells_obj(replica)
+    return [read_cell(replica, cid, replica.get_obj(cells, cid)) for cid in cell_ids(replica)]
 
 
 def set_source(replica: Replica, cell_id: str, source: str) -> None:

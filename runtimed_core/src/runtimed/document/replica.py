@@ -134,17 +134,22 @@ class Replica:
     def text(self, obj: bytes) -> str:
         return self.doc.text(obj)
 
+    def fields(self, obj: bytes) -> dict[str, tuple[Any, bytes]]:
+        """A map's entries in two calls (faster than a ``get`` each): key -> (value, object id),
+        the value ``(scalar type, value)`` for scalars."""
+        return dict(zip(self.doc.keys(obj), self.doc.values(obj)))
+
     def to_py(self, obj: bytes) -> Any:
         """A nested object as plain Python (maps to dicts, lists to lists, text to str)."""
         kind = self.doc.object_type(obj)
         if kind == Text:
             return self.doc.text(obj)
         if kind == List:
-            return [self._value(obj, i) for i in range(self.doc.length(obj))]
-        return {k: self._value(obj, k) for k in self.doc.keys(obj)}
+            return [self._plain(v) for v in self.doc.values(obj)]
+        return {k: self._plain(v) for k, v in zip(self.doc.keys(obj), self.doc.values(obj))}
 
-    def _value(self, obj: bytes, prop: str | int) -> Any:
-        value, obj_id = self.doc.get(obj, prop)
+    def _plain(self, entry: tuple[Any, bytes]) -> Any:
+        value, obj_id = entry
         return value[1] if isinstance(value, tuple) else self.to_py(obj_id)
 
 

@@ -38,6 +38,8 @@ class Handshake:
     channel: str
     notebook_id: str | None = None
     path: str | None = None
+    #: The client has nothing of the documents yet: send them whole in the welcome.
+    snapshot: bool = False
 
 
 def encode_handshake(channel: str, **fields: Any) -> bytes:
@@ -56,7 +58,8 @@ def parse_handshake(payload: bytes) -> Handshake:
     path = obj.get("path")
     if channel == "open_notebook" and not isinstance(path, str):
         raise ProtocolError("open_notebook handshake needs a path")
-    return Handshake(channel=channel, notebook_id=notebook_id, path=path)
+    return Handshake(channel=channel, notebook_id=notebook_id, path=path,
+                     snapshot=obj.get("snapshot") is True)
 
 
 def typed(kind: int, body: bytes) -> bytes:
