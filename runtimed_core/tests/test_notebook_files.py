@@ -384,3 +384,55 @@ def test_execute_fails_naming_the_cell_and_still_writes(daemon, tmp_path):
     usage = _execute(daemon, str(source))
     assert usage.returncode == 1 and usage.stderr.strip().splitlines() == [
         "runtimed: error: Give -o OUT.ipynb (where the executed notebook goes) or --inplace"]
+
+
+def test_a_file_that_cannot_be_written_keeps_the_room_and_says_why(daemon, tmp_path, caplog):
+    path = tmp_path / "locked.ipynb"
+    with session(daemon, path) as s:
+        s.create_cell("kept = 'in the room'")
+        s.save()
+        before = path.read_bytes()
+        subprocess.run(["chattr", "+i", str(path)], check=True)  # not even root may replace it
+        try:
+            with caplog.at_level(logging.WARNING, logger="runtimed.client"):
+                s.create_cell("more = 1")
+                wait_until(lambda: "permission denied" in caplog.text, "the failed autosave's notice")
+            with pytest.raises(runtimed.NotebookFileError, match="permission denied") as excinfo:
+                s.save()
+            assert excinfo.value.path == str(path) and path.read_bytes() == before
+            with pytest.raises(runtimed.NotebookFileError, match="permission denied"):
+                s.save("/sys/no-notebooks-here.ipynb")
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        assert [c.source for c in s.get_cells()] == ["kept = 'in the room'", "more = 1"]
+        s.save()
+        assert len(written(path).cells) == 2
+
+
+def test_a_50_mb_notebook_opens_and_saves(daemon, tmp_path):
+    path = tmp_path / "huge.ipynb"
+    nb = v4.new_notebook()
+    blob = base64.b64encode(os.urandom(500_000)).decode()  # ~0.67 MB of base64 per image
+    nb.cells = [v4.new_code_cell(f"show({i})", execution_count=i + 1, outputs=[
+        v4.new_output("display_data", data={"image/png": blob, "text/plain": f"<image {i}>"})])
+        for i in range(75)]
+    nbformat.write(nb, path)
+    assert path.stat().st_size > 50_000_000
+    with session(daemon, path) as s:
+        cells = s.get_cells()
+        assert len(cells) == 75 and cells[74].outputs[0].data["image/png"] == blob
+        s.set_source(cells[0].id, "show('first')")
+        s.save()
+    again = written(path)
+    assert again.cells[0].source == "show('first')" and again.cells[74].outputs[0].data["image/png"] == blob
+
+
+def test_save_as_never_puts_two_live_rooms_on_one_file(daemon, tmp_path):
+    taken = tmp_path / "taken.ipynb"
+    with session(daemon, taken) as owner, session(daemon) as other:
+        other.create_cell("mine = 1")
+        with pytest.raises(runtimed.InvalidRequest, match="open in another session's room"):
+            other.save(taken)
+        owner.create_cell("theirs = 1")
+        owner.save()
+        assert [c.source for c in written(taken).cells] == ["theirs = 1"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -47,8 +48,9 @@ AUTOSAVE_MAX_FACTOR = 5
 WATCH_DEBOUNCE_MS = 150
 
 
-def _dumps(nb: dict[str, Any]) -> str:
-    return json.dumps(nb, sort_keys=True, ensure_ascii=False)
+def _digest(value: Any) -> str:
+    """A short fingerprint of a JSON value (comparing notebooks without keeping copies)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -71,9 +73,9 @@ class NotebookFile:
         #: when they matched it, its outputs and cells (for merging the next outside change).
         self.fingerprint: dict[str, Any] = {}
         self.base_heads: list[bytes] = []
-        self.base_outputs: dict[str, str] = {}
+        self.base_outputs: dict[str, str] = {}  # cell id -> digest of its outputs in the file
         self.base_cells: list[dict[str, Any]] = []
-        self._saved_json = ""
+        self._saved_digest = ""  # of the notebook as the file holds it
         #: The file was deleted (or renamed away): no autosave until an explicit save.
         self.deleted = False
         self._lock = asyncio.Lock()
@@ -138,11 +140,11 @@ class NotebookFile:
         """The file at ``loaded["fingerprint"]`` holds ``nb``, as the document did at ``heads``."""
         self.fingerprint = loaded["fingerprint"]
         self.base_heads = list(heads)
-        self.base_outputs = {c["id"]: _dumps(c.get("outputs", [])) for c in nb.get("cells", [])
+        self.base_outputs = {c["id"]: _digest(c.get("outputs", [])) for c in nb.get("cells", [])
                              if c.get("cell_type") == "code"}
         self.base_cells = [{"id": c["id"], "cell_type": c.get("cell_type"),
                             "source": ipynb.source_text(c.get("source"))} for c in nb.get("cells", [])]
-        self._saved_json = _dumps(nb)
+        self._saved_digest = _digest(nb)
         self.deleted = False
         self._write_record()
 
@@ -176,8 +178,7 @@ class NotebookFile:
         host = self.host
         nb = ipynb.to_notebook(host.doc, host.writer.replica)
         heads = host.doc.heads
-        text = _dumps(nb)
-        if target == self.path and text == self._saved_json and not self.deleted and self.fingerprint:
+        if target == self.path and not self.deleted and self.fingerprint and _digest(nb) == self._saved_digest:
             return target  # the file holds this already
         fingerprint = await self.worker.write(target, nb)
         if target != self.path:
@@ -260,7 +261,7 @@ class NotebookFile:
             if loaded["fingerprint"]["sha256"] == self.fingerprint.get("sha256"):
                 self.deleted = False
                 return  # our own write, or a touch
-            unsaved = _dumps(ipynb.to_notebook(self.host.doc, self.host.writer.replica)) != self._saved_json
+            unsaved = _digest(ipynb.to_notebook(self.host.doc, self.host.writer.replica)) != self._saved_digest
             conflict = await self._conflict_copy() if unsaved else None
             self._matched(loaded, loaded["nb"], self._merge_into_doc(loaded))
             if unsaved:
@@ -284,7 +285,7 @@ class NotebookFile:
         ipynb.apply_notebook(fork, nb)
         doc.merge(fork)
         outputs = {c["id"]: c.get("outputs", []) for c in nb["cells"] if c.get("cell_type") == "code"}
-        changed = [cid for cid, outs in outputs.items() if _dumps(outs) != self.base_outputs.get(cid)]
+        changed = [cid for cid, outs in outputs.items() if _digest(outs) != self.base_outputs.get(cid)]
         host.writer.set_saved_outputs({cid: outputs[cid] for cid in changed if outputs[cid]})
         host.writer.drop_saved_outputs([cid for cid in changed if not outputs[cid]])
         if changed:  # the file's outputs win over the room's for those cells

@@ -379,7 +379,15 @@ class Connection:
             target = req.get("path")
             if target is not None and not isinstance(target, str):
                 raise InvalidRequest("save: path must be a string")
-            written = await room.save(resolve_notebook(target) if target else None)
+            path = resolve_notebook(target) if target else None
+            other = self.daemon.file_rooms.get(path) if path is not None else None
+            if other is not None and other is not room and not other.closed:
+                if other.peers:
+                    raise InvalidRequest(f"{path} is open in another session's room; save to "
+                                         "another path, or open it with Session(path=...)",
+                                         notebook_id=room.notebook_id)
+                await self.daemon.evict(other)  # nobody uses it: it gives the file up
+            written = await room.save(path)
             self.daemon.moved(room, old)
             return {"path": str(written), **_heads(room)}
         if kind == "import_notebook":
