@@ -171,6 +171,9 @@ class FakeHost:
     def before_flush(self, write: Callable[[], None]) -> None:
         self.pending.append(write)
 
+    def offload_output(self, output: dict[str, Any]) -> dict[str, Any]:
+        return output
+
     def annotate_cell(self, cell_id: str, execution_id: str, execution_count: int | None,
                       delay: float = 0.0) -> None:
         self.cells[cell_id] = (execution_id, execution_count)

@@ -66,6 +66,12 @@ class DaemonConfig:
     autosave_secs: float = field(
         default_factory=lambda: float(os.environ.get("RUNTIMED_AUTOSAVE_SECS", "2"))
     )
+    #: Text output parts longer than this many characters go to the blob store.
+    blob_text_threshold: int = field(
+        default_factory=lambda: _env_int("RUNTIMED_BLOB_TEXT_THRESHOLD", 64 * 1024)
+    )
+    #: The largest blob kept (bytes); a larger output part is dropped with a note.
+    blob_cap: int = field(default_factory=lambda: _env_int("RUNTIMED_BLOB_CAP", 100 * 2**20))
     log_level: str = field(default_factory=lambda: os.environ.get("RUNTIMED_LOG_LEVEL", "info"))
     #: Changes to a room's runtime-state document after which it is started afresh (same
     #: content, no history): Automerge's cost to apply a change grows with the history.

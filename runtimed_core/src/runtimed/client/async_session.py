@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runtimed import paths
+from runtimed.blobs import BlobReader
 from runtimed.client.connection import Channel, pool_request
 from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.document import notebook
@@ -77,6 +78,8 @@ class AsyncSession:
         self._progress_seen: tuple[Any, Any] = (None, None)
         self._closed = False
         self._connect_lock: asyncio.Lock | None = None
+        self._blobs: BlobReader | None = None  # the daemon's blob store, read directly
+        self._http: dict[str, str] = {}  # the daemon's HTTP server: url, token
 
     # properties ----------------------------------------------------------------------------------
     @property
@@ -144,6 +147,9 @@ class AsyncSession:
         try:
             hello = await asyncio.wait_for(asyncio.shield(welcome), CONNECT_TIMEOUT)
             self._path = hello.get("path") or self._path
+            if hello.get("blob_store_dir"):
+                self._blobs = BlobReader(Path(hello["blob_store_dir"]))
+            self._http = hello.get("http") or {}
             self._reply_scheduled = True  # start the sync (our edits made while offline included)
             self._send_sync()
             deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT
@@ -372,12 +378,24 @@ class AsyncSession:
         self._require_replica()
         return [self._cell(c) for c in notebook.read_cells(self.doc)]
 
+    def _result(self, record: dict[str, Any]) -> ExecutionResult:
+        return ExecutionResult.from_record(record, **self._blob_access())
+
+    def _blob_access(self) -> dict[str, Any]:
+        """How outputs read from the documents get their blob parts and URLs."""
+        url = self._http.get("url")
+        token = self._http.get("token")
+        return {"read_blob": self._blobs.read if self._blobs is not None else None,
+                "blob_url": (lambda sha: f"{url}/blob/{sha}?token={token}") if url else None}
+
     def _cell(self, data: notebook.CellData) -> Cell:
         record = read_execution(self.state, data.execution_id) if data.execution_id else None
         if record is not None:
-            outputs = ExecutionResult.from_record(record).outputs
+            outputs = self._result(record).outputs
         else:  # not run since its file was read: the file's outputs
-            outputs = [Output.from_nbformat(o) for o in read_saved_outputs(self.state, data.id) or []]
+            access = self._blob_access()
+            outputs = [Output.from_nbformat(o, **access)
+                       for o in read_saved_outputs(self.state, data.id) or []]
         return Cell(id=data.id, cell_type=data.cell_type, source=data.source,
                     execution_count=data.execution_count, metadata=data.metadata,
                     outputs=outputs, execution_id=data.execution_id)
@@ -423,7 +441,7 @@ class AsyncSession:
         if record.get("failure") == "kernel_died":
             raise KernelDied(record.get("error") or "The kernel died", cell_id=cell_id,
                              notebook_id=self._notebook_id)
-        return ExecutionResult.from_record(record)
+        return self._result(record)
 
     async def _execute_request(self, cell_id: str, *, wait: bool, timeout: float | None = None
                                ) -> dict[str, Any]:
@@ -485,7 +503,7 @@ class AsyncSession:
         record = read_execution(self.state, data.execution_id) if data.execution_id else None
         if record is None:
             raise ProtocolError(f"Cell {cell_id} has no execution the daemon synced")
-        return ExecutionResult.from_record(record)
+        return self._result(record)
 
     async def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
         """Create a code cell with ``code`` and execute it."""

@@ -6,8 +6,16 @@ and async APIs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from runtimed.blobs import blob_refs, inline_output
+
+#: ``read_blob(sha256) -> bytes``: how a session reads the daemon's blob store.
+ReadBlob = Callable[[str], "bytes | None"]
+#: ``blob_url(sha256) -> str``: the daemon's HTTP address of a blob.
+BlobUrl = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -28,9 +36,19 @@ class Output:
     ename: str | None = None
     evalue: str | None = None
     traceback: list[str] | None = None
+    #: display_data / execute_result: MIME type -> the daemon's URL of the parts it keeps as
+    #: blobs (images, long texts); ``data`` holds their content all the same.
+    blob_urls: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_nbformat(cls, out: dict[str, Any]) -> Output:
+    def from_nbformat(cls, out: dict[str, Any], *, read_blob: ReadBlob | None = None,
+                      blob_url: BlobUrl | None = None) -> Output:
+        """An output from its nbformat dict (as the runtime state holds it: blob references
+        are read with ``read_blob``)."""
+        refs = blob_refs(out)
+        if refs and read_blob is not None:
+            out = inline_output(out, read_blob)
+        urls = {mime: blob_url(ref["sha256"]) for mime, ref in refs.items()} if blob_url else {}
         kind = out.get("output_type", "")
         if kind == "stream":
             return cls(kind, name=out.get("name"), text=out.get("text", ""))
@@ -38,7 +56,7 @@ class Output:
             return cls(kind, ename=out.get("ename"), evalue=out.get("evalue"),
                        traceback=list(out.get("traceback") or []))
         return cls(kind, data=dict(out.get("data") or {}), metadata=dict(out.get("metadata") or {}),
-                   execution_count=out.get("execution_count"))
+                   execution_count=out.get("execution_count"), blob_urls=urls)
 
 
 @dataclass(frozen=True)
@@ -71,12 +89,14 @@ class ExecutionResult:
         return next((o for o in self.outputs if o.output_type == "error"), None)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> ExecutionResult:
+    def from_record(cls, record: dict[str, Any], *, read_blob: ReadBlob | None = None,
+                    blob_url: BlobUrl | None = None) -> ExecutionResult:
         return cls(
             cell_id=record["cell_id"],
             success=bool(record.get("success")) and record.get("status") == "done",
             execution_count=record.get("execution_count"),
-            outputs=[Output.from_nbformat(o) for o in record.get("outputs", [])],
+            outputs=[Output.from_nbformat(o, read_blob=read_blob, blob_url=blob_url)
+                     for o in record.get("outputs", [])],
             execution_id=record.get("execution_id"),
             failure=record.get("failure"),
         )

@@ -35,6 +35,10 @@ class RoomHost(Protocol):
         """Sync the peers now."""
         ...
 
+    def offload_output(self, output: dict[str, Any]) -> dict[str, Any]:
+        """``output`` with its images and long texts moved to the blob store."""
+        ...
+
     def before_flush(self, write: Callable[[], None]) -> None:
         """Run ``write`` once, at the start of the next flush (batched document writes)."""
         ...
@@ -80,4 +84,12 @@ class FileHost(Protocol):
 
     def broadcast(self, event: dict[str, Any]) -> None:
         """Tell every peer (``event["event"]`` names what happened)."""
+        ...
+
+    def offload_output(self, output: dict[str, Any]) -> dict[str, Any]:
+        """``output`` with its images and long texts moved to the blob store."""
+        ...
+
+    def read_blob(self, sha256: str) -> bytes | None:
+        """A blob's bytes (None if it is missing or corrupt)."""
         ...

@@ -116,13 +116,14 @@ class NotebookFile:
             if record.get("fingerprint", {}).get("sha256") != loaded["fingerprint"]["sha256"]:
                 log.info("%s changed while the daemon was away: merging it", path)
                 heads = self._merge_into_doc(loaded)
-        else:
-            if notebook.cell_ids(doc):  # a document of this id, never matched to the file
-                ipynb.apply_notebook(doc, nb)
-            else:
-                ipynb.fill_documents(doc, host.writer, nb)
+            host.writer.set_saved_outputs(ipynb.saved_outputs(nb, host.offload_output))
+        elif notebook.cell_ids(doc):  # a document of this id, never matched to the file
+            ipynb.apply_notebook(doc, nb)
+            host.writer.set_saved_outputs(ipynb.saved_outputs(nb, host.offload_output))
             heads = doc.heads
-        host.writer.set_saved_outputs(ipynb.saved_outputs(nb))  # the runtime state is new
+        else:
+            ipynb.fill_documents(doc, host.writer, nb, host.offload_output)
+            heads = doc.heads
         self._matched(loaded, nb, heads)
         host.doc_changed_locally()
         self._start_watching()
@@ -176,9 +177,10 @@ class NotebookFile:
         self._cancel_autosave()
         target = path or self.path
         host = self.host
-        nb = ipynb.to_notebook(host.doc, host.writer.replica)
+        nb = self._notebook()
         heads = host.doc.heads
-        if target == self.path and not self.deleted and self.fingerprint and _digest(nb) == self._saved_digest:
+        if (target == self.path and not self.deleted and self.fingerprint
+                and _digest(nb) == self._saved_digest):
             return target  # the file holds this already
         fingerprint = await self.worker.write(target, nb)
         if target != self.path:
@@ -187,6 +189,10 @@ class NotebookFile:
             self._restart_watching()
         self._matched({"fingerprint": fingerprint}, nb, heads)
         return target
+
+    def _notebook(self) -> dict[str, Any]:
+        """What the room holds, as the file should (outputs inlined)."""
+        return ipynb.to_notebook(self.host.doc, self.host.writer.replica, self.host.read_blob)
 
     def changed(self) -> None:
         """The room's documents changed: autosave after ``autosave_secs`` of quiet."""
@@ -261,7 +267,7 @@ class NotebookFile:
             if loaded["fingerprint"]["sha256"] == self.fingerprint.get("sha256"):
                 self.deleted = False
                 return  # our own write, or a touch
-            unsaved = _digest(ipynb.to_notebook(self.host.doc, self.host.writer.replica)) != self._saved_digest
+            unsaved = _digest(self._notebook()) != self._saved_digest
             conflict = await self._conflict_copy() if unsaved else None
             self._matched(loaded, loaded["nb"], self._merge_into_doc(loaded))
             if unsaved:
@@ -286,7 +292,8 @@ class NotebookFile:
         doc.merge(fork)
         outputs = {c["id"]: c.get("outputs", []) for c in nb["cells"] if c.get("cell_type") == "code"}
         changed = [cid for cid, outs in outputs.items() if _digest(outs) != self.base_outputs.get(cid)]
-        host.writer.set_saved_outputs({cid: outputs[cid] for cid in changed if outputs[cid]})
+        host.writer.set_saved_outputs({cid: [host.offload_output(o) for o in outputs[cid]]
+                                       for cid in changed if outputs[cid]})
         host.writer.drop_saved_outputs([cid for cid in changed if not outputs[cid]])
         if changed:  # the file's outputs win over the room's for those cells
             notebook.clear_execution(doc, changed, counts=False)
@@ -298,7 +305,7 @@ class NotebookFile:
         target = self.conflicts_dir / f"{self.path.stem}-{stamp}-{uuid.uuid4().hex[:4]}.ipynb"
         try:
             self.conflicts_dir.mkdir(parents=True, exist_ok=True)
-            await self.worker.write(target, ipynb.to_notebook(self.host.doc, self.host.writer.replica))
+            await self.worker.write(target, self._notebook())
         except (OSError, NotebookFileError):
             log.warning("Could not write the conflict copy %s", target, exc_info=True)
             return None

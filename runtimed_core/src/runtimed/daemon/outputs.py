@@ -1,5 +1,8 @@
 """Where outputs go: a room's kernel outputs, written into its runtime-state document.
 
+Images and long texts go to the blob store first (:mod:`runtimed.blobs`); the
+document keeps references.
+
 Streams follow terminal semantics (:class:`runtimed.outputs.StreamChunks`):
 consecutive chunks of one stream merge into one output; their text is written
 to the document once per sync (just before the room flushes), however many
@@ -14,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtimed.blobs import BLOBS_KEY
 from runtimed.daemon.host import RoomHost
 from runtimed.outputs import StreamChunks, output_from_message
 
@@ -74,6 +78,7 @@ class OutputRecorder:
             self._commit(eid, state)
             state.stream = None
             index = len(state.kinds)
+            output = host.offload_output(output)  # images and long texts to the blob store
             writer.append_output(eid, index, output)
             state.kinds.append(msg_type)
             display_id = (output.get("transient") or {}).get("display_id")
@@ -118,6 +123,8 @@ class OutputRecorder:
         places = self._displays.get((content.get("transient") or {}).get("display_id"), [])
         writer = self.host.writer
         for i, (eid, index, old) in enumerate(places):
-            new = {**old, "data": content.get("data", {}), "metadata": content.get("metadata", {})}
+            new = {k: v for k, v in old.items() if k != BLOBS_KEY}
+            new = self.host.offload_output(
+                {**new, "data": content.get("data", {}), "metadata": content.get("metadata", {})})
             places[i] = (eid, index, new)
             writer.replace_output(eid, index, new)

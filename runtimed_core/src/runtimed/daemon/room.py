@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from runtimed.blobs import BlobStore, offload_output
 from runtimed.config import DaemonConfig
 from runtimed.daemon.nbformat_worker import NbformatWorker
 from runtimed.daemon.notebook_file import NotebookFile
@@ -78,9 +79,10 @@ class Room:
 
     def __init__(self, notebook_id: str, *, config: DaemonConfig, provisioner: Provisioner,
                  sinks: PluginSinks, on_idle: Callable[[Room], Awaitable[None]],
-                 files: NbformatWorker) -> None:
+                 files: NbformatWorker, blobs: BlobStore) -> None:
         self._notebook_id = notebook_id
         self.config = config
+        self.blobs = blobs
         self._on_idle = on_idle
         self._files = files
         #: The notebook file backing this room, if it is file-backed.
@@ -131,6 +133,7 @@ class Room:
         welcome = {
             "event": "welcome", "notebook_id": self.notebook_id,
             "path": str(self.file.path) if self.file is not None else None,
+            "blob_store_dir": str(self.blobs.root),
             "notebook_heads": [h.hex() for h in self.doc.heads],
             "state_heads": [h.hex() for h in self.state.heads],
         }
@@ -284,6 +287,16 @@ class Room:
                 found.add(eid)
         return found
 
+    def offload_output(self, output: dict[str, Any]) -> dict[str, Any]:
+        return offload_output(output, self.blobs.put, text_threshold=self.config.blob_text_threshold)
+
+    def read_blob(self, sha256: str) -> bytes | None:
+        return self.blobs.read(sha256)
+
+    def blob_shas(self) -> set[str]:
+        """Every blob this room's runtime state refers to (the garbage collector keeps them)."""
+        return self._writer.blob_shas()
+
     def broadcast(self, event: dict[str, Any]) -> None:
         body = dumps(event)
         for peer in self.peers:
@@ -315,7 +328,7 @@ class Room:
         if notebook.cell_ids(self.doc):
             raise InvalidRequest("import_notebook needs an empty notebook", notebook_id=self.notebook_id)
         loaded = await self._files.read(path)
-        ipynb.fill_documents(self.doc, self._writer, loaded["nb"])
+        ipynb.fill_documents(self.doc, self._writer, loaded["nb"], self.offload_output)
         self.doc_changed_locally()
 
     def clear_outputs(self, cell_ids: list[str] | None) -> None:

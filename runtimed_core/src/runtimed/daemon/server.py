@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtimed import paths
+from runtimed.blobs import BlobStore
 from runtimed.config import DaemonConfig
 from runtimed.daemon import runtime_dir
 from runtimed.daemon.nbformat_worker import NbformatWorker
@@ -34,6 +35,9 @@ from runtimed.protocol.transport import FramedProtocol
 
 log = logging.getLogger("runtimed.daemon")
 
+#: How often unreferenced output blobs are collected (seconds).
+BLOB_GC_SECS = 1800.0
+
 
 class Daemon:
     """Everything one daemon owns. ``await Daemon(config).serve()`` runs until shutdown."""
@@ -50,6 +54,8 @@ class Daemon:
             raise
         self.sinks = PluginSinks([(plugin, cls(config)) for plugin, cls in self.registry.sinks])
         self.files = NbformatWorker()
+        self.blobs = BlobStore(paths.private_dir(config.blob_store_dir), cap=config.blob_cap)
+        self._blob_gc: asyncio.Task[None] | None = None
         self.rooms: dict[str, Room] = {}
         #: File-backed rooms by their file (a room saved under another name moves here).
         self.file_rooms: dict[Path, Room] = {}
@@ -104,6 +110,7 @@ class Daemon:
         os.chmod(sock, 0o600)
         log.info("runtimed listening on %s (pid %d)", sock, os.getpid())
         await self.provisioner.start()
+        self._blob_gc = asyncio.create_task(self._collect_blobs(), name="runtimed-blob-gc")
         if ready is not None:
             ready.set()
         if on_ready is not None:
@@ -117,8 +124,19 @@ class Daemon:
         if self._stopping is not None:
             self._stopping.set()
 
+    async def _collect_blobs(self) -> None:
+        """Now and then, delete blobs no open room refers to (and unused for an hour)."""
+        while True:
+            await asyncio.sleep(BLOB_GC_SECS)
+            live = set().union(*(room.blob_shas() for room in self.rooms.values()))
+            removed = await asyncio.to_thread(self.blobs.collect, live)
+            if removed:
+                log.info("Removed %d output blobs nothing refers to", removed)
+
     async def _shutdown(self) -> None:
         log.info("runtimed shutting down")
+        if self._blob_gc is not None:
+            self._blob_gc.cancel()
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*(room.close() for room in list(self.rooms.values())),
@@ -141,7 +159,7 @@ class Daemon:
         if room is None or room.closed:
             room = self.rooms[notebook_id] = Room(
                 notebook_id, config=self.config, provisioner=self.provisioner, sinks=self.sinks,
-                on_idle=self.evict, files=self.files)
+                on_idle=self.evict, files=self.files, blobs=self.blobs)
         return room
 
     async def file_room(self, path: Path, *, create: bool = False) -> Room:

@@ -31,6 +31,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from runtimed.blobs import BLOBS_KEY, shas
 from runtimed.document.replica import ROOT, F64, Bool, Int, List, Map, Null, Replica, Str, put_json
 
 LIFECYCLES = (
@@ -113,6 +114,20 @@ class RuntimeStateWriter:
                 for cell_id in gone:
                     tx.delete(self.saved, cell_id)
             self._saved.difference_update(gone)
+
+    def blob_shas(self) -> set[str]:
+        """Every blob the executions' outputs and the saved outputs refer to."""
+        replica, found = self.replica, set()
+        for _, outputs in self._exec_objs.values():
+            for i in range(replica.length(outputs)):
+                text = replica.get(replica.get_obj(outputs, i), "json")
+                if isinstance(text, str) and BLOBS_KEY in text:
+                    found |= shas([json.loads(text)])
+        for cell_id in self._saved:
+            text = replica.get(self.saved, cell_id)
+            if isinstance(text, str) and BLOBS_KEY in text:
+                found |= shas(json.loads(text))
+        return found
 
     def execution_ids(self) -> list[str]:
         """Every execution the document holds."""

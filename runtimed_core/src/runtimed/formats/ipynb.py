@@ -19,11 +19,12 @@ import bisect
 import difflib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fractional_indexing import generate_n_keys_between
 
+from runtimed.blobs import inline_output
 from runtimed.document import notebook
 from runtimed.document.replica import ROOT, Int, Map, Replica, Str, Text, put_json, splice_to
 from runtimed.document.runtime_state import RuntimeStateWriter, read_execution, read_saved_outputs
@@ -53,7 +54,8 @@ def file_output(output: dict[str, Any]) -> dict[str, Any]:
 
 # documents -> notebook ------------------------------------------------------------------------
 def cell_outputs(state: Replica, cell: notebook.CellData) -> list[dict[str, Any]]:
-    """The outputs a cell shows: its latest execution's, else those saved in its file."""
+    """The outputs a cell shows: its latest execution's, else those saved in its file (blob
+    references not resolved)."""
     if cell.execution_id:
         record = read_execution(state, cell.execution_id)
         if record is not None:
@@ -61,15 +63,18 @@ def cell_outputs(state: Replica, cell: notebook.CellData) -> list[dict[str, Any]
     return read_saved_outputs(state, cell.id) or []
 
 
-def to_notebook(doc: Replica, state: Replica) -> dict[str, Any]:
-    """The nbformat 4.5 notebook the documents hold (strings joined, as nbformat reads them)."""
+def to_notebook(doc: Replica, state: Replica,
+                read_blob: Callable[[str], bytes | None] = lambda sha: None) -> dict[str, Any]:
+    """The nbformat 4.5 notebook the documents hold (strings joined, as nbformat reads them;
+    blobs inlined with ``read_blob``)."""
     cells = []
     for cell in notebook.read_cells(doc):
         out: dict[str, Any] = {"id": cell.id, "cell_type": cell.cell_type,
                                "metadata": cell.metadata, "source": cell.source}
         if cell.cell_type == "code":
             out["execution_count"] = cell.execution_count
-            out["outputs"] = [file_output(o) for o in cell_outputs(state, cell)]
+            out["outputs"] = [file_output(inline_output(o, read_blob))
+                              for o in cell_outputs(state, cell)]
         elif cell.attachments is not None:
             out["attachments"] = cell.attachments
         cells.append(out)
@@ -97,8 +102,10 @@ def _put_cell(tx: Any, cells_obj: bytes, cell: dict[str, Any], position: str) ->
         tx.put(obj, "attachments", Str, json.dumps(cell["attachments"]))
 
 
-def fill_documents(doc: Replica, writer: RuntimeStateWriter, nb: dict[str, Any]) -> None:
-    """Put ``nb`` into a document that has no cells yet, and its outputs into the runtime state."""
+def fill_documents(doc: Replica, writer: RuntimeStateWriter, nb: dict[str, Any],
+                   offload: Callable[[dict[str, Any]], dict[str, Any]] = lambda o: o) -> None:
+    """Put ``nb`` into a document that has no cells yet, and its outputs into the runtime state
+    (through ``offload``: images and long texts to the blob store)."""
     cells = nb.get("cells") or []
     cells_obj = doc.get_obj(ROOT, "cells")
     assert cells_obj is not None
@@ -108,12 +115,13 @@ def fill_documents(doc: Replica, writer: RuntimeStateWriter, nb: dict[str, Any])
         meta = doc.get_obj(ROOT, "metadata")
         for key, value in (nb.get("metadata") or {}).items():
             put_json(tx, meta, str(key), value)
-    writer.set_saved_outputs(saved_outputs(nb))
+    writer.set_saved_outputs(saved_outputs(nb, offload))
 
 
-def saved_outputs(nb: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """``cell id -> outputs`` of the notebook's code cells that have outputs."""
-    return {c["id"]: c["outputs"] for c in nb.get("cells") or []
+def saved_outputs(nb: dict[str, Any], offload: Callable[[dict[str, Any]], dict[str, Any]] = lambda o: o
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """``cell id -> outputs`` (through ``offload``) of the notebook's code cells that have any."""
+    return {c["id"]: [offload(o) for o in c["outputs"]] for c in nb.get("cells") or []
             if c.get("cell_type") == "code" and c.get("outputs")}
 
 
