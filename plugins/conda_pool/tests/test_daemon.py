@@ -46,6 +46,9 @@ def test_conda_kernels_through_a_real_daemon(
         daemon.wait_for_pool(1, family="conda", timeout=120)
         assert daemon.client().status()["conda_available"] == 1
         assert "Conda pool: 1/1 available" in daemon.log()
+        # The env's conda-lock.yml was written without conda-lock (its pydantic would show here).
+        assert (next(envs.glob("conda-prewarmed-*")) / "conda-lock.yml").is_file()
+        assert "pydantic_core" not in Path(f"/proc/{daemon.process.pid}/maps").read_text()
 
         # conda:prewarmed: a ready env from the pool.
         with daemon.session("prewarmed") as session:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rattler
@@ -32,7 +33,7 @@ from runtimed.testing import wait_for as _wait_for
 from runtimed_conda_pool import CondaPool
 from runtimed_conda_pool.activation import ACTIVATION_NAME
 from runtimed_conda_pool.hooks import runtimed_env_pools
-from runtimed_conda_pool.lockfile import _conda_lock, read_lock
+from runtimed_conda_pool.lockfile import read_lock
 from runtimed_conda_pool.pool import POOL_LOCK
 from runtimed_conda_pool.testing import (
     ACTIVATED_VAR,
@@ -463,6 +464,7 @@ def test_every_env_records_its_solve_and_a_notebook_lock_rebuilds_it_without_sol
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     conda_channel: LocalChannel,
+    conda_lock_api: Any,
 ) -> None:
     pool = make_pool(size=0)
     project = tmp_path / "project"
@@ -473,8 +475,7 @@ def test_every_env_records_its_solve_and_a_notebook_lock_rebuilds_it_without_sol
     built = acquire_once(pool, inline_request(["runtimed-test-hello 1.*"]))
     lock_path = built.prefix / "conda-lock.yml"
     # conda-lock's own reader accepts the file: it is conda-lock's format.
-    lockfile, _, _ = _conda_lock()
-    parsed = lockfile.parse_conda_lock_file(lock_path)
+    parsed = conda_lock_api.lockfile.parse_conda_lock_file(lock_path)
     assert {p.name for p in parsed.package} >= {"python", "ipykernel", "ipywidgets", HELLO}
     assert parsed.metadata.platforms == ["linux-64"]
     assert [c.url for c in parsed.metadata.channels] == [conda_channel.url]
