@@ -327,6 +327,26 @@ def test_repeated_build_failures_make_acquire_raise_naming_the_channel(
     assert on_disk(pool) == [], "failed builds leave nothing behind"
 
 
+def test_an_unreachable_channel_shows_in_the_status_with_a_retry_not_as_warming(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = f"http://127.0.0.1:{_closed_port()}/conda-forge"
+    monkeypatch.setenv("RUNTIMED_CONDA_CHANNELS", channel)
+    pool = make_pool(size=1)
+
+    async def scenario() -> PoolStatus:
+        async with running(pool):
+            await wait_for(lambda: pool.status().error is not None, timeout=30)
+            return pool.status()
+
+    status = asyncio.run(scenario())
+    assert (status.available, status.warming, status.target) == (0, 0, 1), "backing off, not warming"
+    assert status.error is not None
+    assert status.error.startswith(f"conda channel '{channel}' cannot be reached")
+    assert "Connection refused" in status.error
+    assert status.retry_in is not None and 0 < status.retry_in <= 5.0  # the first back-off
+
+
 # -- cached envs: inline ---------------------------------------------------------------------------
 
 
@@ -449,7 +469,7 @@ def test_an_unreachable_channel_is_named(make_pool: MakePool, tmp_path: Path) ->
         return messages
 
     refused_message, missing_message = asyncio.run(scenario())
-    assert f"Could not fetch repodata from conda channel '{refused}'" in refused_message
+    assert f"conda channel '{refused}' cannot be reached" in refused_message
     assert "Connection refused" in refused_message
     assert f"Could not fetch repodata from conda channel '{missing}'" in missing_message
     assert "No such file or directory" in missing_message

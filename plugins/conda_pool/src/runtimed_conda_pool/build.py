@@ -194,6 +194,11 @@ class Builder:
                     [channel], platforms, names, recursive=True, channel_relations="disabled"
                 )
             except Exception as exc:  # noqa: BLE001 - GatewayError, InvalidChannelError, IoError...
+                cause = _network_cause(str(exc))
+                if cause is not None:
+                    raise BuildFailed(
+                        f"conda channel {name!r} cannot be reached ({channel.base_url}): {cause}"
+                    ) from None
                 raise BuildFailed(
                     f"Could not fetch repodata from conda channel {name!r} ({channel.base_url}): "
                     f"{_short(exc)}"
@@ -531,6 +536,26 @@ def _file_sha256(url: str) -> str | None:
     if not path.is_file():
         return None
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+#: What rattler's (reqwest's) errors say when a host cannot be reached at all.
+_NETWORK_MARKERS = (
+    "error sending request", "failed to lookup address", "dns error", "connection refused",
+    "network is unreachable", "no route to host", "timed out", "connection reset",
+)
+
+
+def _network_cause(text: str) -> str | None:
+    """The root cause if ``text`` (a repodata fetch error) says the channel is unreachable."""
+    lowered = text.lower()
+    if not any(marker in lowered for marker in _NETWORK_MARKERS):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else text
+    causes = [line.removeprefix("Caused by:").strip() for line in text.splitlines()
+              if line.strip().startswith("Caused by:")]
+    cause = causes[-1] if causes else first
+    # "error sending request for url (https://...): <the reason>": keep the reason
+    return cause.rsplit("): ", 1)[-1].strip() or cause
 
 
 def _short(exc: BaseException) -> str:

@@ -75,6 +75,20 @@ class Session:
     def kernel_status(self) -> dict[str, Any]:
         return _LoopThread.run(self._async.kernel_status())
 
+    @property
+    def connection_file(self) -> str | None:
+        """See :meth:`AsyncSession.connection_file`."""
+        return _LoopThread.run(self._async.connection_file())
+
+    def __repr__(self) -> str:
+        async def summary() -> str:
+            return self._async._summary("Session")
+
+        try:
+            return _LoopThread.run(summary())
+        except RuntimedError:  # called on the loop thread itself (a callback)
+            return f"<Session notebook_id={self.notebook_id!r}>"
+
     # lifecycle -----------------------------------------------------------------------------------
     def connect(self) -> None:
         _LoopThread.run(self._async.connect())
@@ -149,7 +163,10 @@ class DaemonClient:
     def is_running(self) -> bool:
         return _LoopThread.run(self._async.is_running())
 
-    def status(self) -> dict[str, int]:
+    def info(self) -> dict[str, Any]:
+        return _LoopThread.run(self._async.info())
+
+    def status(self) -> dict[str, Any]:
         return _LoopThread.run(self._async.status())
 
     def list_rooms(self) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from runtimed import paths
+from runtimed import paths, version
 from runtimed.config import DaemonConfig
 from runtimed.daemon import runtime_dir
 from runtimed.daemon.plugin_sinks import PluginSinks
@@ -36,12 +36,10 @@ class Daemon:
         self.config = config
         self.pm = get_plugin_manager()
         self.registry = Registry.load(self.pm)
-        self.runtime_dir = runtime_dir.create()
-        try:
-            self.provisioner = Provisioner(config, self.registry, self.runtime_dir)
-        except BaseException:
-            os.rmdir(self.runtime_dir)
-            raise
+        #: Where this daemon's kernels' connection files go (claimed in :meth:`serve`).
+        self.runtime_dir = runtime_dir.directory_for(config.runtime_dir, config.socket_path)
+        self._kernels_dir = runtime_dir.RuntimeDir(self.runtime_dir)
+        self.provisioner = Provisioner(config, self.registry, self.runtime_dir)
         self.sinks = PluginSinks([(plugin, cls(config)) for plugin, cls in self.registry.sinks])
         self.rooms: dict[str, Room] = {}
         self._stopping: asyncio.Event | None = None
@@ -72,11 +70,12 @@ class Daemon:
         ``ready`` is set and ``on_ready`` called once the socket accepts connections.
         """
         config = self.config
-        sock = config.socket_path
+        sock = paths.check_socket_path(config.socket_path)
         if not sock.parent.exists() or sock.parent == paths.cache_dir():
             paths.private_dir(sock.parent)
         self._acquire_lock()
-        await asyncio.to_thread(runtime_dir.sweep)  # kernels and files a killed daemon left
+        # kernels and files a killed daemon left
+        await asyncio.to_thread(self._kernels_dir.claim)
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,8 +116,7 @@ class Daemon:
         await self.provisioner.stop()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket_path.unlink()
-        with contextlib.suppress(OSError):
-            os.rmdir(self.runtime_dir)
+        self._kernels_dir.release()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
@@ -140,6 +138,10 @@ class Daemon:
         await room.close()
 
     # pool channel --------------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """Which daemon this is: ``version`` (of runtimed), ``pid``."""
+        return {"version": version.__version__, "pid": os.getpid()}
+
     def list_rooms(self) -> list[dict[str, Any]]:
         return [
             {"notebook_id": room.notebook_id, "active_peers": len(room.peers), **room.kernel.info()}
@@ -149,9 +151,9 @@ class Daemon:
     async def pool_request(self, req: dict[str, Any]) -> Any:
         kind = req.get("type")
         if kind == "ping":
-            return {"pong": True, "pid": os.getpid()}
+            return {"pong": True, **self.identity()}
         if kind == "status":
-            return self.provisioner.status()
+            return {**self.provisioner.status(), **self.identity()}
         if kind == "list_rooms":
             return self.list_rooms()
         if kind == "flush_pool":

@@ -5,12 +5,14 @@ Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
 
 ::
 
-    ROOT: kernel/   lifecycle, activity, error, kernel_type, env_source, progress
+    ROOT: kernel/   lifecycle, activity, error, kernel_type, env_source, progress,
+                    connection_file (while running: what ``jupyter console --existing`` takes)
           queue     [execution_id ...]   (queued, not yet running)
           executions/{execution_id}: cell_id, status, source, execution_count,
-                                     success, error, failure, outputs [output ...]
+                                     success, error, failure, origin, outputs [output ...]
     (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
-    restarted, shutdown)
+    restarted, shutdown; ``origin``: ``external`` for code another Jupyter client ran in
+    the kernel, which has no cell: ``cell_id`` is empty)
 
 An output is a map: streams are ``output_type``, ``name`` and ``chunks`` (a list
 of strings whose concatenation is the text: appending is one operation per
@@ -58,7 +60,8 @@ class RuntimeStateWriter:
         with replica.change() as tx:
             self.kernel = tx.put_object(ROOT, "kernel", Map)
             for key, value in (("lifecycle", "not_started"), ("activity", None), ("error", None),
-                               ("kernel_type", None), ("env_source", None), ("progress", None)):
+                               ("kernel_type", None), ("env_source", None), ("progress", None),
+                               ("connection_file", None)):
                 _put_scalar(tx, self.kernel, key, value)
             self.queue = tx.put_object(ROOT, "queue", List)
             self.executions = tx.put_object(ROOT, "executions", Map)
@@ -208,7 +211,8 @@ def read_execution(replica: Replica, execution_id: str) -> dict[str, Any] | None
         return None
     outputs = replica.get_obj(ex, "outputs")
     result = {key: replica.get(ex, key) for key in
-              ("cell_id", "status", "source", "execution_count", "success", "error", "failure")}
+              ("cell_id", "status", "source", "execution_count", "success", "error", "failure",
+               "origin")}
     result["execution_id"] = execution_id
     result["outputs"] = [
         _read_output(replica, replica.get_obj(outputs, i)) for i in range(replica.length(outputs))
@@ -219,3 +223,9 @@ def read_execution(replica: Replica, execution_id: str) -> dict[str, Any] | None
 def queued_ids(replica: Replica) -> list[str]:
     queue = replica.get_obj(ROOT, "queue")
     return [replica.get(queue, i) for i in range(replica.length(queue))] if queue is not None else []
+
+
+def execution_ids(replica: Replica) -> list[str]:
+    """The ids of every execution the document holds (the most recent ones per room)."""
+    executions = replica.get_obj(ROOT, "executions")
+    return list(replica.keys(executions)) if executions is not None else []
