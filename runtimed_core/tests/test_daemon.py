@@ -206,6 +206,12 @@ def test_autostart_and_no_autostart(tmp_path, monkeypatch):
         client = runtimed.DaemonClient()
         assert client.ping() and client.is_running()
         assert (root / "logs" / "runtimed.log").exists()
+        first = client.info()["pid"]
+        session.close()
+        client.shutdown()  # returns while that daemon is still stopping...
+        session = runtimed.Session()
+        session.connect()  # ...and the next client waits for it to go, then starts its own
+        assert client.info()["pid"] != first
     finally:
         session.close()
         runtimed.DaemonClient().shutdown()

@@ -145,13 +145,24 @@ async def connect(socket_path: Path, on_frame: Callable[[bytes], None],
             f"No runtimed daemon is running at {socket_path}{hint}. "
             f"Start one with `runtimed run --socket {socket_path}`.", socket_path=str(socket_path),
         ) from first_error
-    await asyncio.get_running_loop().run_in_executor(None, start_daemon, socket_path)
-    for _ in range(100):  # normally at once; longer only if another client's daemon is starting
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + AUTOSTART_TIMEOUT
+    starts = 0
+    while True:
+        if not daemon_lock_held(socket_path):
+            if starts == 3:
+                break
+            starts += 1
+            await loop.run_in_executor(None, start_daemon, socket_path)
+        # else a daemon holds the lock without listening: starting (soon there) or stopping
+        # (a `shutdown` just now; once it is gone, start ours)
         try:
             return await _open(socket_path, on_frame, on_close)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             first_error = exc
-        await asyncio.sleep(0.1)
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     raise DaemonUnavailable(
         f"Started a runtimed daemon but cannot connect to {socket_path}: {first_error}") from first_error
 
