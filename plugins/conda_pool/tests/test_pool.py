@@ -32,6 +32,7 @@ from runtimed.testing import copy_ready_env, processes_mentioning, running
 from runtimed.testing import wait_for as _wait_for
 from runtimed_conda_pool import CondaPool
 from runtimed_conda_pool.activation import ACTIVATION_NAME
+from runtimed_conda_pool.build import Builder
 from runtimed_conda_pool.hooks import runtimed_env_pools
 from runtimed_conda_pool.lockfile import read_lock
 from runtimed_conda_pool.pool import POOL_LOCK
@@ -347,6 +348,31 @@ def test_an_unreachable_channel_shows_in_the_status_with_a_retry_not_as_warming(
     assert status.retry_in is not None and 0 < status.retry_in <= 5.0  # the first back-off
 
 
+def test_rattler_runs_in_a_worker_process_and_its_progress_reaches_the_caller(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon keeps none of what rattler's solver and installer allocate: they run in a
+    worker process per build (here, the in-process path would fail the build)."""
+
+    async def not_here(self: object, request: object, progress: object) -> int:
+        raise AssertionError("rattler ran in the daemon's process")
+
+    monkeypatch.setattr(Builder, "conda_step", not_here)
+    pool = make_pool(size=0)
+    progress = Recorder()
+
+    async def scenario() -> PreparedEnv:
+        async with running(pool):
+            return await pool.acquire(inline_request([f"{HELLO} 1.*"]), progress)
+
+    env = asyncio.run(scenario())
+    assert hello_version(env) == "1.0.0"
+    assert (env.prefix / "conda-lock.yml").is_file() and pool.builder.solves == 1
+    messages = progress.messages
+    assert any(m.startswith("Fetching repodata from") for m in messages), messages
+    assert any(m.startswith("Linking packages") or m.startswith("Linked ") for m in messages)
+
+
 # -- cached envs: inline ---------------------------------------------------------------------------
 
 
@@ -509,6 +535,7 @@ def test_every_env_records_its_solve_and_a_notebook_lock_rebuilds_it_without_sol
         raise AssertionError("a lock file must not be solved again")
 
     monkeypatch.setattr(rattler, "solve", no_solving)
+    pool.builder.isolate = False  # rattler in this process, where the patch applies
     progress = Recorder()
 
     async def rebuild() -> PreparedEnv:

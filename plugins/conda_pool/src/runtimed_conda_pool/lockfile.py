@@ -105,14 +105,8 @@ def lock_document(
             "url": str(record.url), "hash": hashes, "build": str(record.build),
             "category": "main", "optional": False,
         })
-    for dist in pip:
-        packages.append({
-            "name": dist.name, "version": dist.version, "manager": "pip", "platform": platform,
-            "dependencies": {}, "url": dist.url,
-            "hash": {"sha256": dist.sha256} if dist.sha256 else {},
-            "category": "main", "optional": False,
-        })
-    packages.sort(key=lambda p: (p["manager"], p["name"], p["platform"]))
+    packages += _pip_entries(pip, platform)
+    packages.sort(key=_sort_key)
     if created_at is None:
         created_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     metadata = {
@@ -124,6 +118,37 @@ def lock_document(
         "custom_metadata": {KEY_FIELD: key, KIND_FIELD: kind},
     }
     return {"version": 1, "metadata": metadata, "package": packages}
+
+
+def _pip_entries(pip: Sequence[PipLocked], platform: str) -> list[dict[str, Any]]:
+    return [{
+        "name": dist.name, "version": dist.version, "manager": "pip", "platform": platform,
+        "dependencies": {}, "url": dist.url, "hash": {"sha256": dist.sha256} if dist.sha256 else {},
+        "category": "main", "optional": False,
+    } for dist in pip]
+
+
+def _sort_key(package: dict[str, Any]) -> tuple[str, str, str]:
+    return (package["manager"], package["name"], package["platform"])
+
+
+def _write(path: Path, document: dict[str, Any]) -> None:
+    import yaml
+
+    text = HEADER.format(name=path.name) + yaml.safe_dump(document, sort_keys=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def add_pip(path: Path, pip: Sequence[PipLocked], *, platform: str) -> None:
+    """Add ``pip`` entries to the lock file at ``path`` (written by :func:`write_lock`)."""
+    import yaml
+
+    document = yaml.safe_load(path.read_text())
+    document["package"] = sorted([*document["package"], *_pip_entries(pip, platform)],
+                                 key=_sort_key)
+    _write(path, document)
 
 
 def write_lock(
@@ -138,14 +163,8 @@ def write_lock(
     pip: Sequence[PipLocked] = (),
 ) -> None:
     """Write ``records`` (and ``pip``) as a conda-lock v1 file at ``path`` (atomically)."""
-    import yaml
-
-    document = lock_document(records, platform=platform, channels=channels, key=key, kind=kind,
-                             sources=sources, pip=pip)
-    text = HEADER.format(name=path.name) + yaml.safe_dump(document, sort_keys=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    _write(path, lock_document(records, platform=platform, channels=channels, key=key,
+                               kind=kind, sources=sources, pip=pip))
 
 
 def read_lock(path: Path, platform: str) -> Locked:
