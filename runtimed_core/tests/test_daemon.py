@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -208,9 +210,15 @@ def test_autostart_and_no_autostart(tmp_path, monkeypatch):
         assert (root / "logs" / "runtimed.log").exists()
         first = client.info()["pid"]
         session.close()
-        client.shutdown()  # returns while that daemon is still stopping...
+        client.shutdown()
+        assert not client.is_running(), "shutdown() returns once the daemon is gone"
+        # A daemon that still holds the lock without listening (one stopping, say): the next
+        # client waits for it to go, then starts its own (instead of "cannot connect").
+        lock = os.open(sock.with_name(sock.name + ".lock"), os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        threading.Timer(0.5, os.close, [lock]).start()
         session = runtimed.Session()
-        session.connect()  # ...and the next client waits for it to go, then starts its own
+        session.connect()
         assert client.info()["pid"] != first
     finally:
         session.close()

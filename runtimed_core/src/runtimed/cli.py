@@ -183,7 +183,7 @@ def _flush(args: argparse.Namespace) -> int:
 
 def _shutdown(args: argparse.Namespace) -> int:
     _client(args).shutdown()
-    print("daemon shutting down", file=sys.stderr)
+    print("daemon stopped", file=sys.stderr)
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,4 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stderr.flush()
+    # Not a normal interpreter exit: rattler's native threads sometimes crash it while it
+    # finalizes (SIGSEGV, seen after a failed repodata fetch). The answer is out; just go.
+    os._exit(code)

@@ -452,9 +452,14 @@ class AsyncDaemonClient:
     async def flush_pool(self) -> None:
         await pool_request(self.socket_path, "flush_pool", autostart=False)
 
-    async def shutdown(self) -> None:
-        """Stop the daemon (its kernels are shut down, its documents saved)."""
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the daemon (its kernels are shut down, its documents saved); returns once it
+        is gone (or after ``timeout`` seconds, still stopping)."""
         await pool_request(self.socket_path, "shutdown", autostart=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while daemon_lock_held(self.socket_path) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def plugins(self) -> list[dict[str, Any]]:
         return await pool_request(self.socket_path, "plugins", autostart=False)

@@ -175,8 +175,8 @@ class DaemonClient:
     def flush_pool(self) -> None:
         _LoopThread.run(self._async.flush_pool())
 
-    def shutdown(self) -> None:
-        _LoopThread.run(self._async.shutdown())
+    def shutdown(self, timeout: float = 30.0) -> None:
+        _LoopThread.run(self._async.shutdown(timeout))
 
     def plugins(self) -> list[dict[str, Any]]:
         return _LoopThread.run(self._async.plugins())
