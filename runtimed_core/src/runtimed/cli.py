@@ -31,10 +31,13 @@ def _flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         value = getattr(args, field, None)
         if value:
             overrides["socket_path" if field == "socket" else field] = Path(value).expanduser().absolute()
+    from runtimed.config import CORE_SETTINGS
+
+    core = {setting.name: setting for setting in CORE_SETTINGS}
     for field in ("hot_kernels", "log_level", "keep_alive_secs"):
         value = getattr(args, field, None)
         if value is not None:
-            overrides[field] = value
+            overrides[field] = core[field].parse_text("", str(value), f"--{field.replace('_', '-')}")
     settings = {}
     for namespace, setting, _owner in getattr(args, "plugin_settings", []):
         text = getattr(args, _dest(namespace, setting))
