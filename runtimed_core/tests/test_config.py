@@ -20,7 +20,6 @@ from runtimed import configfile, paths
 from runtimed.config import CORE_SETTINGS, DaemonConfig, effective
 from runtimed.errors import ConfigError
 from runtimed.plugins import Registry
-from runtimed.testing import wait_until
 
 
 @pytest.fixture
@@ -186,20 +185,19 @@ def test_each_conductor_workspace_has_its_own_directories(fresh_user, monkeypatc
 
 @pytest.mark.slow
 def test_a_conductor_worktree_gets_a_daemon_of_its_own(fresh_user, monkeypatch):
-    daemons = {}
+    clients = {}
     try:
         for name in ("tree-a", "tree-b"):
             monkeypatch.setenv("CONDUCTOR_WORKSPACE_PATH", str(fresh_user / name))
+            assert paths.workspace_key() in str(paths.socket_path())
+            # bound to this worktree's socket now (the variable changes below)
+            clients[name] = runtimed.DaemonClient(socket_path=paths.socket_path())
             with runtimed.Session() as session:
                 session.connect()  # starts this worktree's daemon
-            client = runtimed.DaemonClient(socket_path=paths.socket_path())  # fixed: env changes
-            daemons[name] = (client, client.info()["pid"], paths.socket_path())
-            assert paths.workspace_key() in str(paths.socket_path())
-        (a, pid_a, sock_a), (b, pid_b, sock_b) = daemons["tree-a"], daemons["tree-b"]
-        assert pid_a != pid_b and sock_a != sock_b
+        a, b = clients["tree-a"], clients["tree-b"]
         assert a.ping() and b.ping()
+        assert a.info()["pid"] != b.info()["pid"]
     finally:
-        for client, _, _ in daemons.values():
-            client.shutdown()
-        for client, _, _ in daemons.values():
-            wait_until(lambda c=client: not c.is_running(), "a worktree daemon to stop", 20)
+        for client in clients.values():
+            if client.is_running():
+                client.shutdown()  # returns once it is gone
