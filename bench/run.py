@@ -39,7 +39,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "memory", "pool",
+SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "memory",
+             "conda_memory", "pool",
              "restart")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
@@ -267,7 +268,8 @@ class Bench:
     # -- runtimed -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def daemon(self, name: str, *, uv_pool_size: int = 2, env: dict[str, str] | None = None,
-               wait: bool = True, hot_kernels: int | None = None) -> Iterator[Any]:
+               wait: bool = True, hot_kernels: int | None = None,
+               conda_pool_size: int = 0) -> Iterator[Any]:
         """A fresh isolated daemon for one scenario; stopped (and its kernels reaped) afterwards."""
         from runtimed.pytest_plugin import DaemonProcess
 
@@ -277,10 +279,10 @@ class Bench:
             options["hot_kernels"] = self.args.hot_kernels if hot_kernels is None else hot_kernels
         elif self.args.hot_kernels:
             raise RuntimeError("--hot-kernels: this runtimed has no hot kernels")
-        # Only the uv pool: no conda builds competing for the 2 cores in the background.
-        extra = ["--log-level", self.args.daemon_log_level, "--conda-pool-size", "0"]
+        # Only the uv pool (unless asked): no conda builds competing for the 2 cores.
+        extra = ["--log-level", self.args.daemon_log_level, "--conda-pool-size", str(conda_pool_size)]
         if "pool_sizes" in inspect.signature(DaemonProcess.__init__).parameters:
-            options["pool_sizes"] = {"uv": uv_pool_size, "conda": 0}
+            options["pool_sizes"] = {"uv": uv_pool_size, "conda": conda_pool_size}
         else:  # a snapshot from before pools declared their own settings
             options["uv_pool_size"] = uv_pool_size
         daemon = DaemonProcess(root, keep_alive_secs=1.0, extra_args=extra,
@@ -1083,6 +1085,46 @@ def scenario_memory(b: Bench) -> dict[str, Any]:
     return res
 
 
+def scenario_conda_memory(b: Bench) -> dict[str, Any]:
+    """Daemon RSS once its conda pool built one env (rattler's solve and install, the lock file
+    written), on the local test channel of runtimed_conda_pool.testing (offline, like its tests)."""
+    from runtimed_conda_pool.testing import local_channel
+
+    res: dict[str, Any] = {}
+    with Side(res, "runtimed", b) as out:
+        with watchdog(600, "the local conda test channel"):
+            channel = local_channel()
+        rattler = b.root / "rattler-cache"
+        env = {"RUNTIMED_CONDA_CHANNELS": channel.url, "RATTLER_CACHE_DIR": str(rattler)}
+        with b.daemon("conda-memory", uv_pool_size=0, conda_pool_size=1, env=env) as daemon:
+            pid = daemon.process.pid
+            client = daemon.client()
+            def built() -> int | None:
+                deadline = time.monotonic() + 300
+                while True:
+                    status = client.status()
+                    if status.get("conda_available", 0) >= 1 and not status.get("conda_warming"):
+                        break
+                    if status.get("conda_error") and not status.get("conda_warming"):
+                        raise RuntimeError(f"the conda build failed: {status['conda_error']}")
+                    if time.monotonic() > deadline:
+                        raise BenchTimeout(f"the conda pool did not fill within 300 s: {status}")
+                    time.sleep(0.1)
+                time.sleep(1.0)
+                return rss_bytes(pid)
+
+            out["rss_after_conda_build"] = built()
+            more = 2 if b.quick else 5
+            for _ in range(more):  # each flush builds another env (from the pool's lock)
+                client.flush_pool()
+                rss = built()
+            out["more_builds"] = more
+            out["rss_after_more_conda_builds"] = rss
+            # conda-lock's models are pydantic's: its native core in the daemon means conda-lock
+            out["pydantic_core_loaded"] = "pydantic_core" in Path(f"/proc/{pid}/maps").read_text()
+    return res
+
+
 def scenario_pool(b: Bench) -> dict[str, Any]:
     """Time to build one uv pool env: warm uv cache (flush_pool -> available) and cold cache."""
     warm_runs = 1 if b.quick else 3
@@ -1188,6 +1230,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "bigdoc": scenario_bigdoc,
     "files": scenario_files,
     "memory": scenario_memory,
+    "conda_memory": scenario_conda_memory,
     "pool": scenario_pool,
     "restart": scenario_restart,
 }
@@ -1346,6 +1389,16 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         mem(f"manager overhead per kernel (growth / {n})", "per_kernel_overhead", TARGETS["rss_per_kernel"],
             5 * 2**20)
         mem("kernel process RSS (median, separate)", "kernel_rss_median")
+    if "conda_memory" in scen:
+        rt = scen["conda_memory"].get("runtimed")
+        rv = _get(rt, "rss_after_conda_build")
+        add("daemon RSS after building one conda env (local test channel)",
+            fmt_mb(rv) if rv is not None else (_err(rt) or "-"), "n/a", "-", "<= 50 MB",
+            None if rv is None else rv <= 50 * 2**20)
+        more = _get(rt, "rss_after_more_conda_builds")
+        if more is not None:
+            add(f"... after {_get(rt, 'more_builds')} more conda builds (flush_pool)", fmt_mb(more),
+                "n/a", "-", "<= 50 MB", more <= 50 * 2**20)
     if "pool" in scen:
         r = scen["pool"]
         timed("pool refill: build one uv env, warm uv cache", r, ("warm",))

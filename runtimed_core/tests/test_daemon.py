@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -17,6 +19,7 @@ from runtimed.document.replica import Replica, SyncState
 from runtimed.document.runtime_state import read_execution, read_kernel
 from runtimed.protocol.framing import PREAMBLE, FrameDecoder
 from runtimed.protocol.messages import STATE_SYNC, encode_handshake
+from runtimed.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -205,6 +208,18 @@ def test_autostart_and_no_autostart(tmp_path, monkeypatch):
         client = runtimed.DaemonClient()
         assert client.ping() and client.is_running()
         assert (root / "logs" / "runtimed.log").exists()
+        first = client.info()["pid"]
+        session.close()
+        client.shutdown()
+        assert not client.is_running(), "shutdown() returns once the daemon is gone"
+        # A daemon that still holds the lock without listening (one stopping, say): the next
+        # client waits for it to go, then starts its own (instead of "cannot connect").
+        lock = os.open(sock.with_name(sock.name + ".lock"), os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        threading.Timer(0.5, os.close, [lock]).start()
+        session = runtimed.Session()
+        session.connect()
+        assert client.info()["pid"] != first
     finally:
         session.close()
         runtimed.DaemonClient().shutdown()
@@ -230,3 +245,33 @@ def test_kernel_launch_failure_quotes_stderr(runtimed_daemon_factory, tmp_path):
         s.start_kernel()
     assert s.kernel_status()["lifecycle"] == "error"
     s.close()
+
+
+def test_the_background_daemon_log_is_rotated(tmp_path):
+    """`runtimed run --detach` (what auto-start runs) logs to <log dir>/runtimed.log, capped in
+    size, with a few older files kept."""
+    root = tmp_path / "rot"
+    root.mkdir(mode=0o700)
+    sock, logs = root / "d.sock", root / "logs"
+    env = {**os.environ, "RUNTIMED_LOG_DIR": str(logs), "RUNTIMED_CACHE_DIR": str(root / "cache"),
+           "RUNTIMED_STATE_DIR": str(root / "state"), "RUNTIMED_RUNTIME_DIR": str(root / "run"),
+           "RUNTIMED_UV_POOL_SIZE": "0", "RUNTIMED_CONDA_POOL_SIZE": "0", "RUNTIMED_HOT_KERNELS": "0",
+           "RUNTIMED_LOG_MAX_BYTES": "4000", "RUNTIMED_LOG_BACKUPS": "2"}
+    started = subprocess.run([sys.executable, "-m", "runtimed", "run", "--detach", "--socket", str(sock),
+                              "--log-level", "debug"], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == started.stderr == "", "the detached daemon writes only to its log"
+    client = runtimed.DaemonClient(socket_path=sock)
+    try:
+        for _ in range(200):  # every connection logs a line at debug level
+            assert client.ping()
+        wait_until(lambda: (logs / "runtimed.log.2").exists(), "two rotations")
+    finally:
+        client.shutdown()
+        wait_until(lambda: not client.is_running(), "the daemon to stop", 20)
+    names = sorted(p.name for p in logs.iterdir())
+    assert names == ["runtimed.log", "runtimed.log.1", "runtimed.log.2"], names
+    for name in names:
+        assert (logs / name).stat().st_size <= 4000 + 500, name  # the cap, give or take a line
+    assert "runtimed shutting down" in (logs / "runtimed.log").read_text()
+    assert "runtimed listening on" not in (logs / "runtimed.log").read_text(), "rotated away"

@@ -507,6 +507,7 @@ def test_read_kernel_round_trip(state):
         "kernel_type": "python",
         "env_source": "uv:prewarmed",
         "progress": 0.5,
+        "connection_file": None,
     }
     writer.set_kernel(lifecycle="error", error="kernel died", activity=None)
     link.sync()

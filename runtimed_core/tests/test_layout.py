@@ -110,3 +110,13 @@ def test_the_core_names_no_built_in_plugin():
              for path in sorted(PACKAGE.rglob("*.py")) for line, word in _code_words(path)
              if word not in ALLOWED and BUILT_IN.search(word)]
     assert found == []
+
+
+def test_docs_name_only_what_a_user_has():
+    """The README and the packages' docstrings never point at files outside a clone."""
+    root = PACKAGE.parents[2]
+    texts = [root / "README.md", *root.glob("plugins/*/README.md"), *root.glob("bench/*.md")]
+    texts += sorted(PACKAGE.rglob("*.py")) + sorted(root.glob("plugins/*/src/**/*.py"))
+    found = [f"{path.relative_to(root)}: {word}" for path in texts for word in ("../shared", "REFERENCE.md")
+             if word in path.read_text()]
+    assert found == []

@@ -403,3 +403,40 @@ def test_what_a_cell_shows_is_never_forgotten(tmp_path, monkeypatch):
         await runner.shutdown()
 
     _run(scenario())
+
+
+def test_code_another_client_runs_in_the_kernel_is_recorded(tmp_path):
+    """A Jupyter client attached with the connection file: its executions (and only those,
+    not its kernel_info requests) land in the runtime state with their outputs, no cell."""
+    from runtimed.document.runtime_state import execution_ids
+
+    s = Setup(tmp_path)
+
+    async def scenario() -> None:
+        runner = await s.runner()
+        fake = runner.lease.kernel.handle.fake
+        loop = asyncio.get_running_loop()
+        loop.call_soon(fake._handle, "console-1", "kernel_info_request", {})
+        loop.call_soon(fake._handle, "console-2", "execute_request", {"code": "print:from,console"})
+        loop.call_soon(fake._handle, "console-3", "execute_request", {"code": "fail"})
+        ours = runner.queue_cell("c1", "print:ours")
+        await ours.done
+        replica = s.host.writer.replica
+        await asyncio.sleep(0)  # the console's messages were handled before ours (FIFO)
+        s.host.flush()
+        records = [read_execution(replica, eid) for eid in execution_ids(replica)]
+        external = sorted((r for r in records if r["origin"] == "external"),
+                          key=lambda r: r["execution_count"])
+        assert [(r["source"], r["status"], r["success"], r["cell_id"]) for r in external] == [
+            ("print:from,console", "done", True, ""), ("fail", "error", False, "")]
+        assert external[0]["outputs"][0]["text"] == "from\nconsole\n"
+        assert external[1]["outputs"][0]["ename"] == "ValueError"
+        assert s.execution(ours.id)["execution_count"] == 3  # the kernel's count went on
+        assert set(s.host.cells) == {"c1"}, "no cell is made up for the console's code"
+        assert read_kernel(replica)["activity"] == "idle"
+        assert [e[:2] for e in s.good.events if e[1] == ""] == [
+            ("started", ""), ("output", ""), ("output", ""), ("finished", ""),  # two prints
+            ("started", ""), ("output", ""), ("finished", "")]
+        await runner.shutdown()
+
+    _run(scenario())

@@ -7,23 +7,35 @@ channel would be, through ``RUNTIMED_CONDA_CHANNELS``.
 
 from __future__ import annotations
 
+import types
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runtimed.config import DaemonConfig
 from runtimed_conda_pool import CondaPool
-from runtimed_conda_pool.lockfile import _conda_lock
 from runtimed_conda_pool.testing import LocalChannel, local_channel
 
 
 @pytest.fixture(scope="session")
 def conda_channel() -> LocalChannel:
     """The local test channel (python shim, ipykernel, ipywidgets, pip, runtimed-test-hello)."""
-    # conda-lock warns while it imports; import it here, on the main thread, once.
-    _conda_lock()
     return local_channel()
+
+
+@pytest.fixture(scope="session")
+def conda_lock_api() -> Any:
+    """conda-lock's lock-file API (a test dependency only: the tests cross-check our writer
+    against it; its vendored conda warns while it imports)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import conda_lock.lockfile.v1.models as v1
+        import conda_lock.lockfile.v2prelim.models as v2
+        from conda_lock import lockfile
+    return types.SimpleNamespace(lockfile=lockfile, v1=v1, v2=v2)
 
 
 @pytest.fixture(scope="session")

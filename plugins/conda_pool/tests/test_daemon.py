@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 
 from runtimed.errors import EnvironmentFailed
 from runtimed.pytest_plugin import DaemonProcess
+from runtimed.testing import wait_until
 from runtimed_conda_pool.testing import (
     ACTIVATED_VAR,
     ACTIVATION,
@@ -46,6 +50,9 @@ def test_conda_kernels_through_a_real_daemon(
         daemon.wait_for_pool(1, family="conda", timeout=120)
         assert daemon.client().status()["conda_available"] == 1
         assert "Conda pool: 1/1 available" in daemon.log()
+        # The env's conda-lock.yml was written without conda-lock (its pydantic would show here).
+        assert (next(envs.glob("conda-prewarmed-*")) / "conda-lock.yml").is_file()
+        assert "pydantic_core" not in Path(f"/proc/{daemon.process.pid}/maps").read_text()
 
         # conda:prewarmed: a ready env from the pool.
         with daemon.session("prewarmed") as session:
@@ -166,3 +173,39 @@ def test_a_conda_kernel_runs_with_its_envs_activation(
     assert path[:2] == [f"{prefix}/bin", f"{prefix}/share/{ACTIVATION}/bin"]
     assert path.count(f"{prefix}/bin") == 1
     assert path[2:] == daemon.env["PATH"].split(":"), "then the daemon's PATH"
+
+
+@pytest.mark.slow
+def test_an_unreachable_channel_is_reported_by_status_and_list_rooms(
+    runtimed_daemon_factory: Callable[..., DaemonProcess], rattler_cache: Path
+) -> None:
+    """conda-forge out of reach: `runtimed status` says so (with the next retry), instead of
+    "1 warming" forever; a notebook that asked for a conda env shows the error in list-rooms."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        channel = f"http://127.0.0.1:{sock.getsockname()[1]}/conda-forge"
+    daemon = runtimed_daemon_factory(
+        pool_sizes={"uv": 0, "conda": 1}, hot_kernels=0,
+        env={"RUNTIMED_CONDA_CHANNELS": channel, "RATTLER_CACHE_DIR": str(rattler_cache)})
+    client = daemon.client()
+    wait_until(lambda: client.status()["conda_error"] is not None, "the conda build's error", 30)
+    status = client.status()
+    assert (status["conda_available"], status["conda_warming"]) == (0, 0)
+    assert status["conda_error"].startswith(f"conda channel '{channel}' cannot be reached")
+    assert 0 < status["conda_retry_in"] <= 5
+    text = subprocess.run([sys.executable, "-m", "runtimed", "status", "--socket",
+                           str(daemon.socket_path)], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+    [line] = [line for line in text.splitlines() if line.startswith("conda:")]
+    assert line.startswith(f"conda: 0 available, 0 warming; error: conda channel '{channel}' "
+                           "cannot be reached") and line.endswith(" s)") and "(retry in " in line
+
+    with daemon.session("wants-conda") as session:
+        with pytest.raises(EnvironmentFailed, match="cannot be reached"):
+            session.start_kernel(env_source="conda:prewarmed")
+        [room] = [r for r in client.list_rooms() if r["notebook_id"] == "wants-conda"]
+        assert room["kernel_status"] == "error" and "cannot be reached" in room["kernel_error"]
+        table = subprocess.run([sys.executable, "-m", "runtimed", "list-rooms", "--socket",
+                                str(daemon.socket_path)], capture_output=True, text=True,
+                               check=True, timeout=60).stdout
+        assert "    error: The conda pool could not build an environment" in table

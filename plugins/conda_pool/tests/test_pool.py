@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rattler
@@ -31,8 +32,9 @@ from runtimed.testing import copy_ready_env, processes_mentioning, running
 from runtimed.testing import wait_for as _wait_for
 from runtimed_conda_pool import CondaPool
 from runtimed_conda_pool.activation import ACTIVATION_NAME
+from runtimed_conda_pool.build import Builder
 from runtimed_conda_pool.hooks import runtimed_env_pools
-from runtimed_conda_pool.lockfile import _conda_lock, read_lock
+from runtimed_conda_pool.lockfile import read_lock
 from runtimed_conda_pool.pool import POOL_LOCK
 from runtimed_conda_pool.testing import (
     ACTIVATED_VAR,
@@ -326,6 +328,51 @@ def test_repeated_build_failures_make_acquire_raise_naming_the_channel(
     assert on_disk(pool) == [], "failed builds leave nothing behind"
 
 
+def test_an_unreachable_channel_shows_in_the_status_with_a_retry_not_as_warming(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = f"http://127.0.0.1:{_closed_port()}/conda-forge"
+    monkeypatch.setenv("RUNTIMED_CONDA_CHANNELS", channel)
+    pool = make_pool(size=1)
+
+    async def scenario() -> PoolStatus:
+        async with running(pool):
+            await wait_for(lambda: pool.status().error is not None, timeout=30)
+            return pool.status()
+
+    status = asyncio.run(scenario())
+    assert (status.available, status.warming, status.target) == (0, 0, 1), "backing off, not warming"
+    assert status.error is not None
+    assert status.error.startswith(f"conda channel '{channel}' cannot be reached")
+    assert "Connection refused" in status.error
+    assert status.retry_in is not None and 0 < status.retry_in <= 5.0  # the first back-off
+
+
+def test_rattler_runs_in_a_worker_process_and_its_progress_reaches_the_caller(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon keeps none of what rattler's solver and installer allocate: they run in a
+    worker process per build (here, the in-process path would fail the build)."""
+
+    async def not_here(self: object, request: object, progress: object) -> int:
+        raise AssertionError("rattler ran in the daemon's process")
+
+    monkeypatch.setattr(Builder, "conda_step", not_here)
+    pool = make_pool(size=0)
+    progress = Recorder()
+
+    async def scenario() -> PreparedEnv:
+        async with running(pool):
+            return await pool.acquire(inline_request([f"{HELLO} 1.*"]), progress)
+
+    env = asyncio.run(scenario())
+    assert hello_version(env) == "1.0.0"
+    assert (env.prefix / "conda-lock.yml").is_file() and pool.builder.solves == 1
+    messages = progress.messages
+    assert any(m.startswith("Fetching repodata from") for m in messages), messages
+    assert any(m.startswith("Linking packages") or m.startswith("Linked ") for m in messages)
+
+
 # -- cached envs: inline ---------------------------------------------------------------------------
 
 
@@ -448,7 +495,7 @@ def test_an_unreachable_channel_is_named(make_pool: MakePool, tmp_path: Path) ->
         return messages
 
     refused_message, missing_message = asyncio.run(scenario())
-    assert f"Could not fetch repodata from conda channel '{refused}'" in refused_message
+    assert f"conda channel '{refused}' cannot be reached" in refused_message
     assert "Connection refused" in refused_message
     assert f"Could not fetch repodata from conda channel '{missing}'" in missing_message
     assert "No such file or directory" in missing_message
@@ -463,6 +510,7 @@ def test_every_env_records_its_solve_and_a_notebook_lock_rebuilds_it_without_sol
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     conda_channel: LocalChannel,
+    conda_lock_api: Any,
 ) -> None:
     pool = make_pool(size=0)
     project = tmp_path / "project"
@@ -473,8 +521,7 @@ def test_every_env_records_its_solve_and_a_notebook_lock_rebuilds_it_without_sol
     built = acquire_once(pool, inline_request(["runtimed-test-hello 1.*"]))
     lock_path = built.prefix / "conda-lock.yml"
     # conda-lock's own reader accepts the file: it is conda-lock's format.
-    lockfile, _, _ = _conda_lock()
-    parsed = lockfile.parse_conda_lock_file(lock_path)
+    parsed = conda_lock_api.lockfile.parse_conda_lock_file(lock_path)
     assert {p.name for p in parsed.package} >= {"python", "ipykernel", "ipywidgets", HELLO}
     assert parsed.metadata.platforms == ["linux-64"]
     assert [c.url for c in parsed.metadata.channels] == [conda_channel.url]
@@ -488,6 +535,7 @@ def test_every_env_records_its_solve_and_a_notebook_lock_rebuilds_it_without_sol
         raise AssertionError("a lock file must not be solved again")
 
     monkeypatch.setattr(rattler, "solve", no_solving)
+    pool.builder.isolate = False  # rattler in this process, where the patch applies
     progress = Recorder()
 
     async def rebuild() -> PreparedEnv:

@@ -14,16 +14,17 @@ from runtimed.client.async_session import AsyncDaemonClient, AsyncSession
 from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import (
-    CellNotFound, DaemonUnavailable, EnvironmentFailed, ExecutionTimeout, InvalidRequest, KernelDied,
-    KernelError, KernelLaunchFailed, NoKernel, NotConnected, NotebookFileError, PluginError, ProtocolError,
-    RuntimedError,
+    CellNotFound, ConfigError, DaemonNotRunning, DaemonUnavailable, EnvironmentFailed,
+    ExecutionTimeout, InvalidRequest, KernelDied, KernelError, KernelLaunchFailed, NoKernel,
+    NotConnected, NotebookFileError, PluginError, ProtocolError, RuntimedError, RuntimedWarning,
 )
 
-__version__ = "0.1.0"
+from runtimed.version import __version__  # noqa: F401 - the package version
 
 __all__ = [
-    "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "DaemonClient", "DaemonUnavailable",
-    "EnvironmentFailed", "ExecutionResult", "ExecutionTimeout", "InvalidRequest", "KernelDied",
-    "KernelError", "KernelLaunchFailed", "NoKernel", "NotConnected", "NotebookFileError", "Output",
-    "PluginError", "ProtocolError", "RuntimedError", "Session",
+    "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "ConfigError", "DaemonClient",
+    "DaemonNotRunning", "DaemonUnavailable", "EnvironmentFailed", "ExecutionResult",
+    "ExecutionTimeout", "InvalidRequest", "KernelDied", "KernelError", "KernelLaunchFailed",
+    "NoKernel", "NotConnected", "NotebookFileError", "Output", "PluginError", "ProtocolError",
+    "RuntimedError", "RuntimedWarning", "Session",
 ]

@@ -108,7 +108,8 @@ def offload_output(output: dict[str, Any], put: Callable[[bytes, str], str | Non
     if dropped:
         note = "; ".join(f"{mime} of {size / 2**20:.0f} MiB not kept: larger than the blob cap"
                          for mime, size in dropped)
-        kept.setdefault("text/plain", f"[{note}]")
+        plain = kept.get("text/plain")
+        kept["text/plain"] = f"{plain}\n[{note}]" if isinstance(plain, str) else f"[{note}]"
     return out
 
 

@@ -1,47 +1,61 @@
 """The ``runtimed`` command (also ``python -m runtimed``).
 
-Data goes to stdout, logs and errors to stderr; ``--json`` on every data command.
+Data goes to stdout, logs and errors to stderr; ``--json`` on every data command
+(then errors are JSON on stdout too). Exit status: 0 ok, 1 an error, 3 no daemon is
+running (the read-only commands ``status``, ``list-rooms``, ``ping`` and ``plugins``
+never start one), 130 interrupted, 141 stdout closed early (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import logging
 import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from runtimed.errors import InvalidRequest, RuntimedError
+from runtimed.errors import DaemonNotRunning, InvalidRequest, RuntimedError
+
+EXIT_NOT_RUNNING = 3
+EXIT_BROKEN_PIPE = 141  # as for a process killed by SIGPIPE
+READ_ONLY = ("status", "list-rooms", "ping", "plugins")
 
 
-def _run(args: argparse.Namespace) -> int:
-    from runtimed.config import DaemonConfig
-    from runtimed.daemon.server import Daemon
-
+def _flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The daemon flags given: core settings by field, plugin settings by key (parsed)."""
     overrides: dict[str, Any] = {}
     for field in ("socket", "cache_dir", "blob_store_dir", "state_dir"):
-        value = getattr(args, field)
+        value = getattr(args, field, None)
         if value:
             overrides["socket_path" if field == "socket" else field] = Path(value).expanduser().absolute()
+    from runtimed.config import CORE_SETTINGS
+
+    core = {setting.name: setting for setting in CORE_SETTINGS}
     for field in ("hot_kernels", "log_level", "keep_alive_secs"):
-        value = getattr(args, field)
+        value = getattr(args, field, None)
         if value is not None:
-            overrides[field] = value
+            overrides[field] = core[field].parse_text("", str(value), f"--{field.replace('_', '-')}")
     settings = {}
     for namespace, setting, _owner in getattr(args, "plugin_settings", []):
         text = getattr(args, _dest(namespace, setting))
         if text is not None:
             settings[setting.key(namespace)] = setting.parse_text(namespace, text, setting.flag(namespace))
+    return overrides, settings
+
+
+def _run(args: argparse.Namespace) -> int:
+    from runtimed.config import DaemonConfig
+    from runtimed.daemon import logfile
+    from runtimed.daemon.server import Daemon
+
+    overrides, settings = _flags(args)
     config = DaemonConfig(**overrides, settings=settings)
     on_ready = _detach() if args.detach else None
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
-    )
+    logfile.configure(config, to_file=args.detach)  # in the background: the rotating log file
     try:
         asyncio.run(Daemon(config).serve(on_ready=on_ready))
     except RuntimedError as exc:
@@ -105,23 +119,46 @@ def _print(data: Any, as_json: bool, render) -> None:  # noqa: ANN001
     print(json.dumps(data, indent=2) if as_json else render(data))
 
 
+def _daemon_line(version: str | None, pid: Any) -> str:
+    from runtimed.version import __version__ as ours
+
+    line = f"daemon: runtimed {version or '(an older version)'}, pid {pid}"
+    if version != ours:
+        line += (f" (this client is runtimed {ours}: `runtimed shutdown`, and the "
+                 "next client starts the new version)")
+    return line
+
+
+def _problem(error: str | None, retry_in: float | None) -> str:
+    if not error:
+        return ""
+    first = error.strip().splitlines()[0] if error.strip() else error
+    return f"; error: {first}" + (f" (retry in {retry_in:.0f} s)" if retry_in is not None else "")
+
+
 def _status(args: argparse.Namespace) -> int:
     stats = _client(args).status()
     families = sorted({k.rsplit("_", 1)[0] for k in stats if k.endswith("_warming")})
 
-    def render(s: dict[str, int]) -> str:
-        lines = [f"{f}: {s.get(f + '_available', 0)} available, {s.get(f + '_warming', 0)} warming"
-                 for f in families]
-        return "\n".join([*lines, f"hot kernels: {s.get('hot_available', 0)} ready"])
+    def render(s: dict[str, Any]) -> str:
+        lines = [_daemon_line(s.get("version"), s.get("pid"))]
+        for f in families:
+            lines.append(f"{f}: {s.get(f + '_available', 0)} available, "
+                         f"{s.get(f + '_warming', 0)} warming"
+                         + _problem(s.get(f + "_error"), s.get(f + "_retry_in")))
+        lines.append(f"hot kernels: {s.get('hot_available', 0)} ready"
+                     + _problem(s.get("hot_error"), s.get("hot_retry_in")))
+        return "\n".join(lines)
 
     _print(stats, args.json, render)
     return 0
 
 
 def _ping(args: argparse.Namespace) -> int:
-    alive = _client(args).ping()
-    _print({"ok": alive}, args.json, lambda d: "pong" if d["ok"] else "no daemon")
-    return 0 if alive else 1
+    info = _client(args).info()
+    _print({"ok": True, **info}, args.json,
+           lambda d: f"pong ({_daemon_line(d['version'], d['pid']).removeprefix('daemon: ')})")
+    return 0
 
 
 def _list_rooms(args: argparse.Namespace) -> int:
@@ -136,6 +173,8 @@ def _list_rooms(args: argparse.Namespace) -> int:
             name = (path if len(path) <= 40 else "…" + path[-39:]) if path else r["notebook_id"][:40]
             lines.append(f"{name:40} {r['active_peers']:>5} {r.get('kernel_type') or '-':8} "
                          f"{r.get('kernel_status') or '-':12} {r.get('env_source') or '-'}")
+            if r.get("kernel_error"):
+                lines.append(f"    error: {r['kernel_error'].strip().splitlines()[0]}")
         return "\n".join(lines)
 
     _print(rooms, args.json, render)
@@ -150,7 +189,7 @@ def _flush(args: argparse.Namespace) -> int:
 
 def _shutdown(args: argparse.Namespace) -> int:
     _client(args).shutdown()
-    print("daemon shutting down", file=sys.stderr)
+    print("daemon stopped", file=sys.stderr)
     return 0
 
 
@@ -262,6 +301,7 @@ def _execute(args: argparse.Namespace) -> int:
                                   on_cell=on_cell)
         tags = {c.id: c.metadata.get("tags") or [] for c in session.get_cells()}
         written = session.save(target)
+        session.shutdown_kernel(wait=False)  # the process ends after we are gone
     finally:
         progress.done()
         session.__exit__(None, None, None)
@@ -272,6 +312,25 @@ def _execute(args: argparse.Namespace) -> int:
         what = f"{error.ename}: {error.evalue}" if error else result.failure or "it failed"
         print(f"runtimed: cell {result.cell_id} failed: {what}", file=sys.stderr)
     return 1 if failed and not args.allow_errors else 0
+
+
+def _open(args: argparse.Namespace) -> int:
+    """Print (and open) the address of a notebook's live page."""
+    from runtimed.client.connection import pool_request
+    from runtimed.client.sync import _LoopThread
+    from runtimed import paths
+
+    target = Path(args.notebook).expanduser()
+    is_file = target.suffix == ".ipynb" or target.exists()
+    fields = {"path": str(target.resolve())} if is_file else {"notebook_id": args.notebook}
+    socket = Path(args.socket) if args.socket else paths.socket_path()
+    url = _LoopThread.run(pool_request(socket, "viewer_link", **fields))
+    print(url)
+    if not args.no_browser and os.environ.get("RUNTIMED_NO_BROWSER", "").lower() not in ("1", "true", "yes"):
+        import webbrowser
+
+        webbrowser.open(url)
+    return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -300,13 +359,40 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
-    """The CLI; with ``plugin_flags``, ``run`` also takes the installed plugins' settings."""
-    parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _config(args: argparse.Namespace) -> int:
+    from runtimed import configfile
+    from runtimed.config import check_file, effective
+    from runtimed.plugins import Registry
 
-    run = sub.add_parser("run", help="run the daemon in the foreground")
+    declared = Registry.load().declared_settings()
+    unused = check_file(declared)
+    overrides, settings = _flags(args)
+    rows = effective(declared, {**overrides, **settings})
+    where = configfile.path()
+    data = {"file": str(where), "file_exists": where.is_file(), "settings": rows,
+            "unused_tables": unused}
+
+    def shown(value: Any) -> str:
+        if isinstance(value, list):
+            return ", ".join(map(str, value)) or "(none)"
+        return "(auto)" if value is None else str(value)
+
+    def render(d: dict[str, Any]) -> str:
+        lines = [f"config file: {d['file']}" + ("" if d["file_exists"] else " (none)")]
+        width = max(len(r["key"]) for r in d["settings"])
+        for r in d["settings"]:
+            source = "file" if r["source"].startswith("file ") else r["source"]
+            lines.append(f"{r['key']:{width}}  {shown(r['value']):40}  {source}")
+        lines += [f"[{t}] in the file is not used: no installed plugin declares it"
+                  for t in d["unused_tables"]]
+        return "\n".join(lines)
+
+    _print(data, args.json, render)
+    return 0
+
+
+def _daemon_flags(run: argparse.ArgumentParser) -> None:
+    """The flags of ``run`` (and ``config``, which shows what they would make)."""
     run.add_argument("--socket", help="Unix socket path (env RUNTIMED_SOCKET_PATH)")
     run.add_argument("--cache-dir", help="environments and caches (env RUNTIMED_CACHE_DIR)")
     run.add_argument("--blob-store-dir", help="output blobs (env RUNTIMED_BLOB_STORE_DIR)")
@@ -317,13 +403,38 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--keep-alive-secs", type=float,
                      help="seconds an abandoned room keeps its kernel (env RUNTIMED_KEEP_ALIVE_SECS, default 30)")
     run.add_argument("--log-level", help="debug, info, warning, error (env RUNTIMED_LOG_LEVEL)")
+
+
+def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
+    """The CLI; with ``plugin_flags``, ``run`` and ``config`` also take the installed plugins'
+    settings."""
+    from runtimed.version import __version__
+
+    parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
+    parser.add_argument("--version", action="version", version=f"runtimed {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    common = argparse.ArgumentParser(add_help=False)  # -v after the subcommand too
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    _daemon_flags(run)
     run.add_argument("--detach", action="store_true",
-                     help="run in the background; return once the daemon listens")
+                     help="run in the background (logging to <log dir>/runtimed.log, rotated); "
+                          "return once the daemon listens")
     run.set_defaults(func=_run)
+    config = sub.add_parser("config", parents=[common],
+                            help="every effective setting and where it comes from")
+    _daemon_flags(config)
+    config.add_argument("--json", action="store_true", help="machine-readable output")
+    config.set_defaults(func=_config)
     if plugin_flags:
         _add_plugin_flags(run)
+        _add_plugin_flags(config)
 
-    exe = sub.add_parser("exec", help="run code in a notebook's kernel and print its outputs")
+    exe = sub.add_parser("exec", parents=[common],
+                         help="run code in a notebook's kernel and print its outputs")
     exe.add_argument("code", help="the code, or - to read it from stdin")
     exe.add_argument("--notebook-id", help="a notebook to share (its kernel stays running)")
     exe.add_argument("--kernel-type", default="python")
@@ -334,7 +445,8 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     exe.add_argument("--json", action="store_true", help="machine-readable output")
     exe.set_defaults(func=_exec)
 
-    run_nb = sub.add_parser("execute", help="run a notebook file's cells and write the executed notebook")
+    run_nb = sub.add_parser("execute", parents=[common],
+                            help="run a notebook file's cells and write the executed notebook")
     run_nb.add_argument("notebook", help="the .ipynb to run (left as it is, unless --inplace)")
     out = run_nb.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", help="where the executed notebook goes")
@@ -349,15 +461,22 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     run_nb.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
     run_nb.set_defaults(func=_execute)
 
+    view = sub.add_parser("open", parents=[common],
+                          help="the live page of a notebook (a file or a notebook id) in a browser")
+    view.add_argument("notebook", help="a notebook file, or the id of a notebook the daemon has")
+    view.add_argument("--no-browser", action="store_true", help="only print the address")
+    view.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
+    view.set_defaults(func=_open)
+
     for name, func, doc, has_json in (
-        ("status", _status, "pool counts", True),
-        ("ping", _ping, "check that the daemon answers", True),
-        ("list-rooms", _list_rooms, "open notebook rooms", True),
+        ("status", _status, "the daemon's version and pools (never starts one)", True),
+        ("ping", _ping, "check that the daemon answers (never starts one)", True),
+        ("list-rooms", _list_rooms, "open notebook rooms (never starts a daemon)", True),
         ("flush", _flush, "discard and rebuild the environment pools", False),
         ("shutdown", _shutdown, "stop the daemon", False),
         ("plugins", _plugins, "installed plugins and what they provide", True),
     ):
-        cmd = sub.add_parser(name, help=doc)
+        cmd = sub.add_parser(name, parents=[common], help=doc)
         cmd.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
         if has_json:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
@@ -368,15 +487,37 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "-v" in argv or "--verbose" in argv
+    as_json = "--json" in argv
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
-        # Only `run` loads the plugins to parse their flags: other commands stay lean.
-        args = build_parser(plugin_flags=command == "run").parse_args(argv)
+        # Only `run` and `config` load the plugins to parse their flags: others stay lean.
+        args = build_parser(plugin_flags=command in ("run", "config")).parse_args(argv)
         return args.func(args)
+    except DaemonNotRunning as exc:
+        if verbose:
+            raise
+        where = exc.context.get("socket_path")
+        if as_json:
+            _print({"running": False, "socket_path": where,
+                    "error": {"type": type(exc).__name__, "message": str(exc)}}, True, str)
+        elif command in READ_ONLY:
+            print(f"not running (no daemon at {where})")
+        else:
+            print(f"runtimed: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
     except RuntimedError as exc:
         if verbose:
             raise
-        print(f"runtimed: error: {exc}", file=sys.stderr)
+        if as_json:
+            _print({"error": {"type": type(exc).__name__, "message": str(exc)}}, True, str)
+        else:
+            print(f"runtimed: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`runtimed plugins --json | head -1`): no traceback, and none
+        # at exit either when Python flushes stdout.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130

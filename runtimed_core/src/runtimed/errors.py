@@ -4,6 +4,7 @@ Every error a user can see is a :class:`RuntimedError`. The tree::
 
     RuntimedError
     ├── DaemonUnavailable          no daemon at the socket (and auto-start was off or failed)
+    │   └── DaemonNotRunning       none runs there, and the call does not start one
     ├── NotConnected               a call that needs a connection was made without one
     ├── ProtocolError              malformed frames, bad handshakes, unknown requests
     ├── CellNotFound (LookupError) a cell id that is not in the notebook
@@ -17,6 +18,9 @@ Every error a user can see is a :class:`RuntimedError`. The tree::
     ├── NotebookFileError          a notebook file that cannot be read, parsed, validated or written
     ├── PluginError                a plugin is missing, broken, or clashes with another
     └── ConfigError (ValueError)   a configuration value that does not parse
+
+:class:`RuntimedWarning` is the category of runtimed's warnings (a daemon of another
+version that could not be restarted, say).
 
 Errors cross the wire as ``{"type": <class name>, "message": ..., **context}``;
 :func:`error_to_wire` and :func:`error_from_wire` are the two halves.
@@ -52,8 +56,16 @@ class DaemonUnavailable(RuntimedError):
     pass
 
 
+class DaemonNotRunning(DaemonUnavailable):
+    pass
+
+
 class NotConnected(RuntimedError):
     pass
+
+
+class RuntimedWarning(UserWarning):
+    """Something a user should know that is not an error (``warnings.warn`` category)."""
 
 
 class ProtocolError(RuntimedError):
@@ -117,7 +129,7 @@ class ConfigError(RuntimedError, ValueError):
 _BY_NAME: dict[str, type[RuntimedError]] = {
     cls.__name__: cls
     for cls in (
-        RuntimedError, DaemonUnavailable, NotConnected, ProtocolError, InvalidRequest,
+        RuntimedError, DaemonUnavailable, DaemonNotRunning, NotConnected, ProtocolError, InvalidRequest,
         KernelError, NoKernel, KernelLaunchFailed, KernelDied, ExecutionTimeout,
         EnvironmentFailed, NotebookFileError, PluginError, ConfigError,
     )

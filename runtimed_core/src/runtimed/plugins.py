@@ -12,7 +12,6 @@ either.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,8 +30,11 @@ T = TypeVar("T")
 
 
 def disabled_plugins() -> set[str]:
-    """Names in ``RUNTIMED_DISABLE_PLUGINS`` (comma separated; ``*`` disables every plugin)."""
-    return {n.strip() for n in os.environ.get("RUNTIMED_DISABLE_PLUGINS", "").split(",") if n.strip()}
+    """Names in ``RUNTIMED_DISABLE_PLUGINS`` (comma separated; ``*`` disables every plugin), or
+    the configuration file's ``disable_plugins``."""
+    from runtimed.config import core
+
+    return set(core("disable_plugins"))
 
 
 def get_plugin_manager(*extra: Any) -> pluggy.PluginManager:

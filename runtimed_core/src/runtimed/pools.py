@@ -81,11 +81,18 @@ class ScriptBlock:
 
 @dataclass(frozen=True)
 class PoolStatus:
-    """Counts a pool reports for ``DaemonClient.status()``."""
+    """What a pool reports for ``DaemonClient.status()`` (``<family>_available``,
+    ``<family>_warming``, ``<family>_error``, ``<family>_retry_in``)."""
 
+    #: Ready environments.
     available: int
+    #: Environments being built or about to be (not while waiting to retry a failed build).
     warming: int
     target: int
+    #: Why the last build failed, while builds keep failing (None once one succeeds).
+    error: str | None = None
+    #: Seconds until the next attempt while backing off after failures, else None.
+    retry_in: float | None = None
 
 
 @dataclass

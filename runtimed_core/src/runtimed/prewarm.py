@@ -196,12 +196,19 @@ class Prewarmer:
             await asyncio.gather(*self._deletions)
 
     def status(self) -> PoolStatus:
-        """``available``: ready envs; ``warming``: the build running plus those still to build."""
+        """``available``: ready envs; ``warming``: the build running plus those still to build
+        (none while waiting to retry after failures); ``error``: the last build's error while
+        builds keep failing; ``retry_in``: seconds until the next attempt while backing off."""
         available = len(self._ready)
         warming = 1 if self._building else 0
-        if self._warmer is not None and not self._warmer.done():
+        now = time.monotonic()
+        backing_off = not self._building and not self._waiters and self._retry_at > now
+        if self._warmer is not None and not self._warmer.done() and not backing_off:
             warming = max(warming, self._wanted() - available)
-        return PoolStatus(available=available, warming=warming, target=self.target)
+        failing = self._consecutive_failures > 0 or self._warmer_crashed
+        return PoolStatus(available=available, warming=warming, target=self.target,
+                          error=self._last_error if failing else None,
+                          retry_in=round(self._retry_at - now, 1) if backing_off else None)
 
     async def flush(self) -> None:
         """Delete every ready env, abandon a build in progress, and rebuild to the target."""

@@ -115,9 +115,10 @@ async def output(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> str:
-    """Like :func:`run`, but return the command's stdout."""
-    stdout, _ = await _run(argv, cwd=cwd, env=env, timeout=timeout, on_line=None)
+    """Like :func:`run`, but return the command's stdout (``on_line`` still gets stderr's lines)."""
+    stdout, _ = await _run(argv, cwd=cwd, env=env, timeout=timeout, on_line=on_line)
     return stdout
 
 

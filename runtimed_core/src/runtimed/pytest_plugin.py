@@ -16,6 +16,20 @@ Fixtures:
     on ``runtimed_daemon``; their kernels are shut down and sessions closed afterwards.
 ``runtimed_session``
     One connected session on ``runtimed_daemon``.
+``runtimed_isolated``
+    Points the code under test at ``runtimed_daemon``: for the test's duration the
+    ``RUNTIMED_*`` variables (socket, directories, configuration file, pool sizes) name
+    it, so a plain ``runtimed.Session()`` or ``DaemonClient()`` in the code under test
+    reaches the test daemon (and one it may auto-start is just as isolated), never the
+    user's. ``CONDUCTOR_WORKSPACE_PATH`` is unset. Restored after the test. Returns the
+    daemon.
+``runtimed_async_session_factory``, ``runtimed_async_session``
+    The same as the sync ones, with connected :class:`runtimed.AsyncSession` objects, for
+    ``async def`` tests (with pytest-asyncio; or anyio's plugin where pytest-asyncio is not
+    installed); their kernels are shut down and sessions closed afterwards.
+
+Test daemons read no configuration file but their own (``<root>/runtimed.toml``, absent
+unless a test writes it).
 """
 
 from __future__ import annotations
@@ -26,18 +40,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from runtimed.client.async_session import AsyncSession
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import RuntimedError
 from runtimed.plugins import Registry
 from runtimed.settings import Setting
 
 START_TIMEOUT = 60.0
+
+try:  # async fixtures run in pytest-asyncio's loop when it is installed, else anyio's
+    from pytest_asyncio import fixture as _async_fixture
+except ImportError:  # pragma: no cover - depends on what the user installed
+    _async_fixture = pytest.fixture
 
 
 def pool_size_env(pool_sizes: dict[str, int] | None = None) -> dict[str, str]:
@@ -67,7 +87,13 @@ class DaemonProcess:
         self.cache_dir = root / "cache"
         self.state_dir = root / "state"
         self.blob_store_dir = root / "blobs"
+        self.runtime_dir = root / "run"
+        #: The daemon's configuration file (absent unless a test writes it before start).
+        self.config_file = root / "runtimed.toml"
         self.log_path = root / "daemon.log"
+        #: How the daemon is started: ``<command> run <args>``.
+        self.command = [sys.executable, "-m", "runtimed"]
+        self._hot_kernels, self._keep_alive_secs = hot_kernels, keep_alive_secs
         self.args = [
             "--socket", str(self.socket_path), "--cache-dir", str(self.cache_dir),
             "--state-dir", str(self.state_dir), "--blob-store-dir", str(self.blob_store_dir),
@@ -75,15 +101,32 @@ class DaemonProcess:
             "--keep-alive-secs", str(keep_alive_secs),
             "--log-level", "debug", *(extra_args or []),
         ]
+        self._pool_env = pool_size_env(pool_sizes)
         self.env = {**os.environ, "RUNTIMED_LOG_DIR": str(root / "logs"),
-                    **pool_size_env(pool_sizes), **(env or {})}
+                    "RUNTIMED_RUNTIME_DIR": str(self.runtime_dir),
+                    "RUNTIMED_CONFIG_FILE": str(self.config_file), **self._pool_env, **(env or {})}
+        self.env.pop("CONDUCTOR_WORKSPACE_PATH", None)
         self.process: subprocess.Popen[bytes] | None = None
+
+    def environ(self) -> dict[str, str]:
+        """Environment variables that make a client (or a daemon it auto-starts) use this
+        daemon: its socket, directories, configuration file and pool sizes."""
+        return {
+            "RUNTIMED_SOCKET_PATH": str(self.socket_path), "RUNTIMED_CACHE_DIR": str(self.cache_dir),
+            "RUNTIMED_STATE_DIR": str(self.state_dir),
+            "RUNTIMED_BLOB_STORE_DIR": str(self.blob_store_dir),
+            "RUNTIMED_LOG_DIR": self.env["RUNTIMED_LOG_DIR"],
+            "RUNTIMED_RUNTIME_DIR": self.env["RUNTIMED_RUNTIME_DIR"],
+            "RUNTIMED_CONFIG_FILE": self.env["RUNTIMED_CONFIG_FILE"],
+            "RUNTIMED_HOT_KERNELS": str(self._hot_kernels),
+            "RUNTIMED_KEEP_ALIVE_SECS": str(self._keep_alive_secs), **self._pool_env,
+        }
 
     def start(self) -> DaemonProcess:
         """Start the process and wait until it answers pings."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "runtimed", "run", *self.args],
+                [*self.command, "run", *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
@@ -100,6 +143,9 @@ class DaemonProcess:
 
     def session(self, notebook_id: str | None = None) -> Session:
         return Session(notebook_id, socket_path=self.socket_path)
+
+    def async_session(self, notebook_id: str | None = None) -> AsyncSession:
+        return AsyncSession(notebook_id, socket_path=self.socket_path)
 
     def wait_for_pool(self, available: int = 1, family: str | None = None,
                       timeout: float = 300.0) -> None:
@@ -190,3 +236,43 @@ def runtimed_session_factory(runtimed_daemon: DaemonProcess) -> Iterator[Callabl
 def runtimed_session(runtimed_session_factory: Callable[..., Session]) -> Session:
     """A connected session on the shared daemon (kernel shut down afterwards)."""
     return runtimed_session_factory()
+
+
+@pytest.fixture
+def runtimed_isolated(runtimed_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
+    """The code under test reaches ``runtimed_daemon`` through the environment (see the
+    module docstring); the variables are restored after the test."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in runtimed_daemon.environ().items():
+            mp.setenv(name, value)
+        mp.delenv("CONDUCTOR_WORKSPACE_PATH", raising=False)
+        yield runtimed_daemon
+
+
+@_async_fixture
+async def runtimed_async_session_factory(runtimed_daemon: DaemonProcess
+                                         ) -> AsyncIterator[Callable[..., Awaitable[AsyncSession]]]:
+    """``await factory(notebook_id=None)``: connected async sessions on the shared daemon,
+    cleaned up after the test (in the test's event loop)."""
+    sessions: list[AsyncSession] = []
+
+    async def factory(notebook_id: str | None = None, *,
+                      daemon: DaemonProcess | None = None) -> AsyncSession:
+        session = (daemon or runtimed_daemon).async_session(notebook_id)
+        sessions.append(session)
+        await session.connect()
+        return session
+
+    try:
+        yield factory
+    finally:
+        for session in reversed(sessions):
+            with contextlib.suppress(RuntimedError):
+                await session.__aexit__(None, None, None)
+
+
+@_async_fixture
+async def runtimed_async_session(
+    runtimed_async_session_factory: Callable[..., Awaitable[AsyncSession]]) -> AsyncSession:
+    """A connected async session on the shared daemon (kernel shut down afterwards)."""
+    return await runtimed_async_session_factory()

@@ -1,7 +1,8 @@
-"""runtimed-conda-pool: conda environments for kernels, built in-process with py-rattler.
+"""runtimed-conda-pool: conda environments for kernels, built with py-rattler.
 
 No conda, mamba or micromamba binary is involved: repodata is fetched and
-cached, specs are solved and packages installed by rattler, in the daemon.
+cached, specs are solved and packages installed by rattler, in a worker process
+per build (:mod:`runtimed_conda_pool.worker`) so the daemon keeps none of its memory.
 The daemon finds this plugin through the ``runtimed`` entry point
 (:mod:`runtimed_conda_pool.hooks`) and drives :class:`CondaPool`, which serves
 

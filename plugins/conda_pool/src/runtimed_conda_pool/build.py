@@ -1,7 +1,10 @@
-"""Building one conda env in-process with rattler: fetch repodata, solve, install, pip, lock,
-activation, warm.
+"""Building one conda env with rattler (no conda binary): fetch repodata, solve, install, lock,
+pip, activation, warm.
 
-:meth:`Builder.build` is the whole recipe for every kind of env (pool,
+The rattler part (:meth:`Builder.conda_step`: repodata, solve, install, ``conda-lock.yml``)
+runs in a worker process per build (:mod:`runtimed_conda_pool.worker`), so the
+long-lived daemon does not keep what rattler's native code allocates; the rest runs
+from the daemon, each tool a subprocess. :meth:`Builder.build` is the whole recipe for every kind of env (pool,
 inline, environment.yml, pixi.toml, lock file); callers decide only the
 :class:`~runtimed_conda_pool.specs.EnvSpec` and the directory. Every failure
 is a :class:`~runtimed.prewarm.BuildFailed` whose message a user can
@@ -30,7 +33,9 @@ from runtimed import procs
 from runtimed.pools import Progress
 from runtimed.prewarm import BuildFailed
 from runtimed_conda_pool.activation import record_activation
-from runtimed_conda_pool.lockfile import LOCK_NAME, Locked, PipLocked, write_lock
+from runtimed_conda_pool.lockfile import (
+    LOCK_NAME, Locked, LockError, PipLocked, add_pip, read_lock, write_lock,
+)
 from runtimed_conda_pool.specs import KERNEL_PACKAGES, EnvSpec, spec_name
 
 
@@ -52,6 +57,8 @@ if TYPE_CHECKING:
     from rattler import RepoDataRecord
 
 PHASE = "preparing_env"
+#: Starts a progress line of the worker on stderr (JSON ``[phase, message]`` follows).
+WORKER_PROGRESS = "runtimed-progress "
 WARM_UP = "import ipykernel.kernelapp, ipywidgets"
 
 
@@ -81,8 +88,11 @@ class Builder:
     step_timeout: float = 600.0
     #: Longest the solver may take, in seconds.
     solve_timeout: float = 300.0
-    #: How many times :meth:`solve` ran (tests read it to prove a build did not solve).
+    #: How many builds solved (tests read it to prove a build did not solve).
     solves: int = 0
+    #: Run the conda part of a build (:meth:`conda_step`: rattler's solve and install) in a
+    #: worker process; False: in this process (the worker itself, or a test).
+    isolate: bool = True
 
     async def build(
         self, spec: EnvSpec, dest: Path, progress: Progress, *, locked: Locked | None = None
@@ -94,35 +104,22 @@ class Builder:
         activation variables are recorded in it (:mod:`runtimed_conda_pool.activation`).
         """
         started = time.monotonic()
-        solved = True
-        if locked is None:
-            records = await self.solve(spec.channels, spec.specs, progress, what=spec.describe())
-        elif set(KERNEL_PACKAGES) <= locked.names:
-            solved = False
-            records = locked.records
-            progress(PHASE, f"Using {locked.path} ({len(records)} packages, no solve)")
-        else:
+        solve: dict[str, Any] | None = {"channels": list(spec.channels), "specs": list(spec.specs),
+                                        "what": spec.describe(), "pinned": None}
+        if locked is not None and set(KERNEL_PACKAGES) <= locked.names:
+            solve = None
+            progress(PHASE, f"Using {locked.path} ({len(locked.names)} packages, no solve)")
+        elif locked is not None:
             missing = sorted(set(KERNEL_PACKAGES) - locked.names)
             progress(
                 PHASE,
                 f"{locked.path} lacks {', '.join(missing)}: "
                 "solving them around the locked packages",
             )
-            specs = [r.name.normalized for r in locked.records] + missing
-            records = await self.solve(
-                locked.channels or spec.channels,
-                specs,
-                progress,
-                what=f"{locked.path} plus {', '.join(missing)}",
-                pinned=locked.records,
-            )
-        await self.install(records, dest, progress)
-        pip: list[PipLocked] = []
-        if locked is not None and locked.pip:
-            await self.pip_install_locked(dest, locked.pip, progress)
-            pip = list(locked.pip)
-        elif locked is None and spec.pip:
-            pip = await self.pip_install(dest, spec, progress)
+            solve = {"channels": list(locked.channels or spec.channels),
+                     "specs": sorted(locked.names) + missing,
+                     "what": f"{locked.path} plus {', '.join(missing)}",
+                     "pinned": str(locked.path)}
         channels = list(
             locked.channels if locked is not None and locked.channels else spec.channels
         )
@@ -133,22 +130,90 @@ class Builder:
             if spec.kind == "inline"
             else []
         )
-        await asyncio.to_thread(
-            write_lock,
-            dest / LOCK_NAME,
-            records,
-            platform=self.platform,
-            channels=channels,
-            key=spec.key,
-            kind=spec.kind,
-            sources=sources,
-            pip=pip,
-        )
+        request = {
+            "dest": str(dest), "solve": solve,
+            "locked": str(locked.path) if locked is not None and solve is None else None,
+            "lock": {"channels": channels, "key": spec.key, "kind": spec.kind, "sources": sources},
+        }
+        if solve is not None:
+            self.solves += 1
+        packages = await (self._conda_in_worker(request, progress) if self.isolate
+                          else self.conda_step(request, progress))
+        pip: list[PipLocked] = []
+        if locked is not None and locked.pip:
+            await self.pip_install_locked(dest, locked.pip, progress)
+            pip = list(locked.pip)
+        elif locked is None and spec.pip:
+            pip = await self.pip_install(dest, spec, progress)
+        if pip:
+            await asyncio.to_thread(add_pip, dest / LOCK_NAME, pip, platform=self.platform)
         progress(PHASE, "Running the activation scripts")
         await record_activation(dest, self.log)
         await self.warm_up(dest, progress)
         self.log.debug("built %s env in %s in %.1f s", spec.kind, dest, time.monotonic() - started)
-        return BuildResult(packages=len(records), solved=solved, pip=pip)
+        return BuildResult(packages=packages, solved=solve is not None, pip=pip)
+
+    # -- the conda part: solve (or take a lock's records), install, write the lock --------------
+
+    async def conda_step(self, request: dict[str, Any], progress: Progress) -> int:
+        """Solve (``request["solve"]``: channels, specs, what, a lock whose records are pinned)
+        or take ``request["locked"]``'s records, install them into ``request["dest"]`` and write
+        its ``conda-lock.yml`` (``request["lock"]``: channels, key, kind, sources). In this
+        process: what the worker runs (:mod:`runtimed_conda_pool.worker`). Returns the number
+        of packages."""
+        dest = Path(request["dest"])
+        solve = request.get("solve")
+        try:
+            if solve is None:
+                records = read_lock(Path(request["locked"]), self.platform).records
+            else:
+                pinned = (read_lock(Path(solve["pinned"]), self.platform).records
+                          if solve.get("pinned") else None)
+                records = await self.solve(solve["channels"], solve["specs"], progress,
+                                           what=solve["what"], pinned=pinned)
+        except LockError as exc:
+            raise BuildFailed(str(exc)) from None
+        await self.install(records, dest, progress)
+        lock = request["lock"]
+        await asyncio.to_thread(
+            write_lock, dest / LOCK_NAME, records, platform=self.platform,
+            channels=lock["channels"], key=lock["key"], kind=lock["kind"], sources=lock["sources"],
+        )
+        return len(records)
+
+    async def _conda_in_worker(self, request: dict[str, Any], progress: Progress) -> int:
+        """:meth:`conda_step` in a worker process (``python -m runtimed_conda_pool.worker``):
+        rattler's solver and installer allocate tens of MB the daemon would keep."""
+        import json
+
+        request = {**request, "cache_root": str(self.cache_root), "platform": self.platform,
+                   "solve_timeout": self.solve_timeout}
+
+        def on_line(line: str) -> None:
+            if line.startswith(WORKER_PROGRESS):
+                phase, message = json.loads(line[len(WORKER_PROGRESS):])
+                progress(phase, message)
+            elif line.strip():
+                self.log.debug("conda worker: %s", line)
+
+        with tempfile.TemporaryDirectory(prefix="runtimed-conda-worker-") as tmp:
+            path = Path(tmp) / "request.json"
+            path.write_text(json.dumps(request))
+            try:
+                out = await procs.output(
+                    [sys.executable, "-m", "runtimed_conda_pool.worker", str(path)],
+                    env=procs.subprocess_env(), on_line=on_line,
+                    timeout=self.solve_timeout + self.step_timeout,
+                )
+            except procs.CommandFailed as exc:
+                raise BuildFailed(f"The conda worker failed: {exc.summary()}") from exc
+        lines = out.strip().splitlines()
+        result = json.loads(lines[-1]) if lines else {}
+        if "failed" in result:
+            raise BuildFailed(result["failed"])
+        if "packages" not in result:
+            raise BuildFailed(f"The conda worker said nothing useful: {out[-500:]!r}")
+        return int(result["packages"])
 
     # -- rattler --------------------------------------------------------------
 
@@ -167,7 +232,6 @@ class Builder:
         from rattler.exceptions import SolverError
         from rattler.platform import Subdir
 
-        self.solves += 1
         if not channels:
             raise BuildFailed(f"No conda channels configured for {what}")
         resolved = []
@@ -186,6 +250,11 @@ class Builder:
                     [channel], platforms, names, recursive=True, channel_relations="disabled"
                 )
             except Exception as exc:  # noqa: BLE001 - GatewayError, InvalidChannelError, IoError...
+                cause = _network_cause(str(exc))
+                if cause is not None:
+                    raise BuildFailed(
+                        f"conda channel {name!r} cannot be reached ({channel.base_url}): {cause}"
+                    ) from None
                 raise BuildFailed(
                     f"Could not fetch repodata from conda channel {name!r} ({channel.base_url}): "
                     f"{_short(exc)}"
@@ -503,6 +572,26 @@ def _file_sha256(url: str) -> str | None:
     if not path.is_file():
         return None
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+#: What rattler's (reqwest's) errors say when a host cannot be reached at all.
+_NETWORK_MARKERS = (
+    "error sending request", "failed to lookup address", "dns error", "connection refused",
+    "network is unreachable", "no route to host", "timed out", "connection reset",
+)
+
+
+def _network_cause(text: str) -> str | None:
+    """The root cause if ``text`` (a repodata fetch error) says the channel is unreachable."""
+    lowered = text.lower()
+    if not any(marker in lowered for marker in _NETWORK_MARKERS):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else text
+    causes = [line.removeprefix("Caused by:").strip() for line in text.splitlines()
+              if line.strip().startswith("Caused by:")]
+    cause = causes[-1] if causes else first
+    # "error sending request for url (https://...): <the reason>": keep the reason
+    return cause.rsplit("): ", 1)[-1].strip() or cause
 
 
 def _short(exc: BaseException) -> str:

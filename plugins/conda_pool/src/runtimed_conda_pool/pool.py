@@ -1,7 +1,7 @@
 """The conda pool: prewarmed conda envs, and cached envs for inline deps, environment.yml, pixi.
 
-Everything is built in-process with rattler (:mod:`runtimed_conda_pool.build`);
-there is no conda binary. Layout under ``config.cache_dir / "conda-envs"``::
+Everything is built with rattler (:mod:`runtimed_conda_pool.build`; its solve and install
+in a worker process); there is no conda binary. Layout under ``config.cache_dir / "conda-envs"``::
 
     conda-building-<hex>/        an env being built (never handed out; deleted at start)
     conda-prewarmed-<hex>/       a ready pool env (``.warmed``: JSON {created, key, ...})

@@ -14,7 +14,7 @@ from typing import Any
 
 from runtimed import paths
 from runtimed.blobs import BlobReader
-from runtimed.client.connection import Channel, pool_request
+from runtimed.client.connection import Channel, daemon_lock_held, pool_request
 from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
@@ -61,7 +61,7 @@ class AsyncSession:
                  socket_path: str | os.PathLike[str] | None = None) -> None:
         #: The notebook file (resolved), for file-backed rooms.
         self._path = str(Path(path).expanduser().resolve()) if path is not None else None
-        self._notebook_id = notebook_id or self._path or f"notebook-{uuid.uuid4()}"
+        self._notebook_id = notebook_id or self._path or f"agent-session-{uuid.uuid4()}"
         self._socket_path = Path(socket_path) if socket_path else None
         self.doc: Replica = notebook.new_replica()
         self.state: Replica = Replica()
@@ -117,6 +117,29 @@ class AsyncSession:
     async def kernel_status(self) -> dict[str, Any]:
         """The runtime-state document's kernel record (lifecycle, activity, error, progress...)."""
         return read_kernel(self.state)
+
+    async def connection_file(self) -> str | None:
+        """The running kernel's Jupyter connection file (``jupyter console --existing <it>``
+        attaches; what it runs shows in the runtime state), or None."""
+        kernel = read_kernel(self.state) if self._connected() else {}
+        return kernel.get("connection_file") if kernel.get("lifecycle") == "running" else None
+
+    def __repr__(self) -> str:
+        return self._summary(type(self).__name__)
+
+    def _summary(self, name: str) -> str:
+        """``<name notebook_id='x' connected kernel=python idle>`` (or ``disconnected``)."""
+        if not self._connected():
+            return f"<{name} notebook_id={self._notebook_id!r} disconnected>"
+        kernel = read_kernel(self.state)
+        lifecycle = kernel.get("lifecycle")
+        if lifecycle == "running":
+            about = f" kernel={kernel.get('kernel_type')} {kernel.get('activity') or 'idle'}"
+        elif lifecycle in (None, "not_started", "shutdown"):
+            about = ""
+        else:
+            about = f" kernel={kernel.get('kernel_type') or '?'} {lifecycle}"
+        return f"<{name} notebook_id={self._notebook_id!r} connected{about}>"
 
     # connection -----------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -313,8 +336,10 @@ class AsyncSession:
         """
         await self._sync_state(await self._request("interrupt"))
 
-    async def shutdown_kernel(self) -> None:
-        await self._sync_state(await self._request("shutdown_kernel"))
+    async def shutdown_kernel(self, *, wait: bool = True) -> None:
+        """Stop the room's kernel. ``wait=False`` returns once no kernel runs for the room (the
+        process ends, and its environment goes back, in the background)."""
+        await self._sync_state(await self._request("shutdown_kernel", wait=wait))
 
     async def restart_kernel(self) -> None:
         """Replace the kernel process; queued and running cells fail as restarted."""
@@ -459,6 +484,19 @@ class AsyncSession:
         result = await self._request("import_notebook", path=str(Path(path).expanduser().resolve()))
         await self._sync_state(result)
 
+    async def show(self, open_browser: bool = True) -> str:
+        """The address of this notebook's live page (cells and outputs, updated as they change);
+        opens it in a browser unless ``open_browser`` is false or ``RUNTIMED_NO_BROWSER=1``."""
+        if not self._connected():
+            await self.connect()
+        url = await pool_request(self.socket_path, "viewer_link", notebook_id=self._notebook_id,
+                                 path=self._path)
+        if open_browser and os.environ.get("RUNTIMED_NO_BROWSER", "").lower() not in ("1", "true", "yes"):
+            import webbrowser
+
+            await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, url)
+        return url
+
     async def run_all(self, timeout_secs: float | None = 60, allow_errors: bool = False,
                       interrupt_on_timeout: bool = False, *,
                       on_cell: Callable[[int, int, Cell, ExecutionResult | None], None] | None = None,
@@ -560,37 +598,34 @@ class AsyncDaemonClient:
         """True if a daemon process holds this socket's lock."""
         return daemon_lock_held(self.socket_path)
 
-    async def status(self) -> dict[str, int]:
+    async def info(self) -> dict[str, Any]:
+        """Which daemon answers: its ``version`` (of runtimed) and ``pid``. Never starts one
+        (:class:`DaemonNotRunning`)."""
+        result = await pool_request(self.socket_path, "ping", autostart=False)
+        return {"version": result.get("version"), "pid": result.get("pid")}
+
+    async def status(self) -> dict[str, Any]:
         """Pool counts: ``uv_available``, ``uv_warming``, ``conda_available``, ``conda_warming``
-        (always present), and ``hot_available`` (idle hot kernels)."""
-        return await pool_request(self.socket_path, "status")
+        (always present), ``<family>_available`` / ``_warming`` / ``_error`` / ``_retry_in``
+        for every installed pool, ``hot_available`` (idle hot kernels), and the daemon's
+        ``version`` and ``pid``. Never starts a daemon (:class:`DaemonNotRunning`)."""
+        return await pool_request(self.socket_path, "status", autostart=False)
 
     async def list_rooms(self) -> list[dict[str, Any]]:
-        return await pool_request(self.socket_path, "list_rooms")
+        """Open rooms: peers, kernel (type, status, env_source, error, connection file)."""
+        return await pool_request(self.socket_path, "list_rooms", autostart=False)
 
     async def flush_pool(self) -> None:
-        await pool_request(self.socket_path, "flush_pool")
+        await pool_request(self.socket_path, "flush_pool", autostart=False)
 
-    async def shutdown(self) -> None:
-        """Stop the daemon (its kernels are shut down, its documents saved)."""
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the daemon (its kernels are shut down, its documents saved); returns once it
+        is gone (or after ``timeout`` seconds, still stopping)."""
         await pool_request(self.socket_path, "shutdown", autostart=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while daemon_lock_held(self.socket_path) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def plugins(self) -> list[dict[str, Any]]:
         return await pool_request(self.socket_path, "plugins", autostart=False)
-
-
-def daemon_lock_held(socket_path: Path) -> bool:
-    import fcntl
-
-    lock = socket_path.with_name(socket_path.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

@@ -1,27 +1,48 @@
-"""Client connections to the daemon: connect (auto-starting it), correlate requests and replies."""
+"""Client connections to the daemon: connect (auto-starting it), correlate requests and replies.
+
+A client that may start a daemon first checks, once per process and socket, that
+the daemon there is of its own version: one of another version (left running
+from an older install, say) is stopped and replaced when it has no running
+kernels; otherwise it keeps serving and a :class:`~runtimed.errors.RuntimedWarning`
+says how to restart it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtimed import paths
-from runtimed.errors import DaemonUnavailable, NotConnected, ProtocolError, error_from_wire
+from runtimed import paths, version
+from runtimed.errors import (
+    DaemonNotRunning, DaemonUnavailable, NotConnected, ProtocolError, RuntimedError, RuntimedWarning,
+    error_from_wire,
+)
 from runtimed.protocol.messages import RESPONSE, dumps, encode_handshake, loads, typed
 from runtimed.protocol.transport import FramedProtocol
 
+log = logging.getLogger(__name__)
+
 AUTOSTART_TIMEOUT = 60.0
+#: Longest a replaced daemon of another version may take to stop, in seconds.
+REPLACE_TIMEOUT = 30.0
 _ids = itertools.count(1)
+#: Sockets whose daemon's version this process has checked.
+_version_checked: set[str] = set()
 
 
 def autostart_enabled() -> bool:
-    return os.environ.get("RUNTIMED_NO_AUTOSTART", "").lower() not in ("1", "true", "yes")
+    """False with ``RUNTIMED_NO_AUTOSTART=1`` (or ``no_autostart = true`` in the config file)."""
+    from runtimed.config import core
+
+    return not core("no_autostart")
 
 
 async def _open(socket_path: Path, on_frame: Callable[[bytes], None],
@@ -34,44 +55,114 @@ async def _open(socket_path: Path, on_frame: Callable[[bytes], None],
 
 
 def start_daemon(socket_path: Path) -> None:
-    """Start ``runtimed run --detach`` (logging to the log dir); return once it listens."""
-    log_dir = paths.private_dir(paths.log_dir())
-    log_path = log_dir / "runtimed.log"
-    with open(log_path, "ab") as log_file:
-        result = subprocess.run(
-            [sys.executable, "-m", "runtimed", "run", "--detach", "--socket", str(socket_path)],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, close_fds=True,
-            timeout=AUTOSTART_TIMEOUT,
-        )
+    """Start ``runtimed run --detach`` (it logs to ``<log dir>/runtimed.log``); return once it
+    listens."""
+    log_path = paths.log_dir() / "runtimed.log"
+    result = subprocess.run(
+        [sys.executable, "-m", "runtimed", "run", "--detach", "--socket", str(socket_path)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True,
+        timeout=AUTOSTART_TIMEOUT,
+    )
     if result.returncode != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+        tail = result.stderr.strip().splitlines()[-1:]
         # a concurrent client may have won the race: its daemon holds the lock and serves us
         if not any("already running" in line for line in tail):
-            raise DaemonUnavailable(
-                f"The runtimed daemon could not start: {' '.join(tail) or 'no output'} (log: {log_path})")
+            message = " ".join(tail).removeprefix("runtimed: error: ") or "no output"
+            raise DaemonUnavailable(f"The runtimed daemon could not start: {message} (log: {log_path})")
+
+
+async def check_version(socket_path: Path) -> None:
+    """Once per process and socket: replace a daemon of another version that has no running
+    kernels (else warn, once, how to restart it). Nothing happens if none runs there."""
+    if str(socket_path) in _version_checked:
+        return
+    _version_checked.add(str(socket_path))
+    try:
+        info = await pool_request(socket_path, "ping", autostart=False)
+        ours, theirs = version.__version__, info.get("version")
+        if theirs == ours:
+            return
+        rooms = await pool_request(socket_path, "list_rooms", autostart=False)
+    except RuntimedError:
+        return  # nobody there (or gone meanwhile): the caller starts a daemon
+    described = f"runtimed {theirs}" if theirs else "an older runtimed (it does not say its version)"
+    running = [room["notebook_id"] for room in rooms if room.get("has_kernel")]
+    if running:
+        warnings.warn(
+            f"The runtimed daemon at {socket_path} (pid {info.get('pid')}) is {described}; this "
+            f"client is runtimed {ours}. It has {len(running)} running kernel(s), so it keeps "
+            f"serving. Restart it once they are done: `runtimed shutdown --socket {socket_path}` "
+            "(the next client starts the new version).", RuntimedWarning, stacklevel=2)
+        return
+    log.warning("Replacing the daemon at %s (pid %s, %s; no running kernels) with runtimed %s",
+                socket_path, info.get("pid"), described, ours)
+    try:
+        await pool_request(socket_path, "shutdown", autostart=False)
+    except RuntimedError:
+        pass
+    deadline = asyncio.get_running_loop().time() + REPLACE_TIMEOUT
+    while daemon_lock_held(socket_path):
+        if asyncio.get_running_loop().time() > deadline:
+            raise DaemonUnavailable(f"The runtimed daemon at {socket_path} ({described}) was asked "
+                                    f"to stop for runtimed {ours} but is still running")
+        await asyncio.sleep(0.05)
+
+
+def daemon_lock_held(socket_path: Path) -> bool:
+    """Whether a daemon process holds ``socket_path``'s lock (is running, or still stopping)."""
+    import fcntl
+
+    lock = socket_path.with_name(socket_path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 async def connect(socket_path: Path, on_frame: Callable[[bytes], None],
                   on_close: Callable[[BaseException | None], None], *, autostart: bool = True
                   ) -> FramedProtocol:
-    """Connect to the daemon at ``socket_path``, starting one if there is none (and allowed)."""
+    """Connect to the daemon at ``socket_path``, starting one if there is none (and allowed:
+    else :class:`DaemonNotRunning`)."""
+    paths.check_socket_path(socket_path)
+    may_start = autostart and autostart_enabled()
+    if may_start:
+        await check_version(socket_path)
     try:
         return await _open(socket_path, on_frame, on_close)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         first_error: OSError = exc
-    if not autostart or not autostart_enabled():
+    if not may_start:
         hint = " (auto-start is off: RUNTIMED_NO_AUTOSTART=1)" if autostart else ""
-        raise DaemonUnavailable(
+        raise DaemonNotRunning(
             f"No runtimed daemon is running at {socket_path}{hint}. "
-            f"Start one with `runtimed run --socket {socket_path}`."
+            f"Start one with `runtimed run --socket {socket_path}`.", socket_path=str(socket_path),
         ) from first_error
-    await asyncio.get_running_loop().run_in_executor(None, start_daemon, socket_path)
-    for _ in range(100):  # normally at once; longer only if another client's daemon is starting
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + AUTOSTART_TIMEOUT
+    starts = 0
+    while True:
+        if not daemon_lock_held(socket_path):
+            if starts == 3:
+                break
+            starts += 1
+            await loop.run_in_executor(None, start_daemon, socket_path)
+        # else a daemon holds the lock without listening: starting (soon there) or stopping
+        # (a `shutdown` just now; once it is gone, start ours)
         try:
             return await _open(socket_path, on_frame, on_close)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             first_error = exc
-        await asyncio.sleep(0.1)
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     raise DaemonUnavailable(
         f"Started a runtimed daemon but cannot connect to {socket_path}: {first_error}") from first_error
 

@@ -58,6 +58,14 @@ class Output:
         return cls(kind, data=dict(out.get("data") or {}), metadata=dict(out.get("metadata") or {}),
                    execution_count=out.get("execution_count"), blob_urls=urls)
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """How Jupyter and IPython show it: its MIME bundle, or its text."""
+        if self.output_type == "stream":
+            return {"text/plain": self.text or ""}
+        if self.output_type == "error":
+            return {"text/plain": "\n".join(self.traceback or []) or f"{self.ename}: {self.evalue}"}
+        return dict(self.data or {})
+
 
 @dataclass(frozen=True)
 class ExecutionResult:
@@ -87,6 +95,18 @@ class ExecutionResult:
     @property
     def error(self) -> Output | None:
         return next((o for o in self.outputs if o.output_type == "error"), None)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """How Jupyter and IPython show it: the last rich output's bundle, its text after
+        the streams' and the error's."""
+        texts = [o._repr_mimebundle_()["text/plain"] for o in self.outputs
+                 if o.output_type in ("stream", "error")]
+        rich = self.display_data[-1] if self.display_data else None
+        bundle = dict(rich.data or {}) if rich is not None else {}
+        if rich is not None and "text/plain" in bundle:
+            texts.append(str(bundle["text/plain"]))
+        bundle["text/plain"] = "".join(texts)
+        return bundle
 
     @classmethod
     def from_record(cls, record: dict[str, Any], *, read_blob: ReadBlob | None = None,

@@ -80,6 +80,20 @@ class Session:
     def kernel_status(self) -> dict[str, Any]:
         return _LoopThread.run(self._async.kernel_status())
 
+    @property
+    def connection_file(self) -> str | None:
+        """See :meth:`AsyncSession.connection_file`."""
+        return _LoopThread.run(self._async.connection_file())
+
+    def __repr__(self) -> str:
+        async def summary() -> str:
+            return self._async._summary("Session")
+
+        try:
+            return _LoopThread.run(summary())
+        except RuntimedError:  # called on the loop thread itself (a callback)
+            return f"<Session notebook_id={self.notebook_id!r}>"
+
     # lifecycle -----------------------------------------------------------------------------------
     def connect(self) -> None:
         _LoopThread.run(self._async.connect())
@@ -94,8 +108,9 @@ class Session:
     def interrupt(self) -> None:
         _LoopThread.run(self._async.interrupt())
 
-    def shutdown_kernel(self) -> None:
-        _LoopThread.run(self._async.shutdown_kernel())
+    def shutdown_kernel(self, *, wait: bool = True) -> None:
+        """See :meth:`AsyncSession.shutdown_kernel`."""
+        _LoopThread.run(self._async.shutdown_kernel(wait=wait))
 
     def restart_kernel(self) -> None:
         _LoopThread.run(self._async.restart_kernel())
@@ -145,6 +160,10 @@ class Session:
     def queue_cell(self, cell_id: str) -> str:
         return _LoopThread.run(self._async.queue_cell(cell_id))
 
+    def show(self, open_browser: bool = True) -> str:
+        """See :meth:`AsyncSession.show`."""
+        return _LoopThread.run(self._async.show(open_browser))
+
     def _import_notebook(self, path: str | os.PathLike[str]) -> None:
         _LoopThread.run(self._async._import_notebook(path))
 
@@ -178,7 +197,10 @@ class DaemonClient:
     def is_running(self) -> bool:
         return _LoopThread.run(self._async.is_running())
 
-    def status(self) -> dict[str, int]:
+    def info(self) -> dict[str, Any]:
+        return _LoopThread.run(self._async.info())
+
+    def status(self) -> dict[str, Any]:
         return _LoopThread.run(self._async.status())
 
     def list_rooms(self) -> list[dict[str, Any]]:
@@ -187,8 +209,8 @@ class DaemonClient:
     def flush_pool(self) -> None:
         _LoopThread.run(self._async.flush_pool())
 
-    def shutdown(self) -> None:
-        _LoopThread.run(self._async.shutdown())
+    def shutdown(self, timeout: float = 30.0) -> None:
+        _LoopThread.run(self._async.shutdown(timeout))
 
     def plugins(self) -> list[dict[str, Any]]:
         return _LoopThread.run(self._async.plugins())

@@ -5,6 +5,11 @@ running returns the existing execution. An error stops the queue (the cells
 still queued fail as cancelled). Interrupt clears the queue and interrupts the
 running cell. A kernel that dies fails its running and queued cells.
 
+Another Jupyter client may attach to the kernel with its connection file
+(``jupyter console --existing``): what it runs is recorded too, as an execution
+with ``origin`` ``external`` and no cell (from the kernel's ``execute_input``
+to its ``idle``), outputs included, so every peer sees it.
+
 The runner sees the room only through :class:`~runtimed.daemon.host.RoomHost`,
 and the kernel through its :class:`~runtimed.daemon.provisioning.Lease`;
 restarting and releasing the kernel are the caller's (``restart`` and
@@ -58,6 +63,9 @@ class Execution:
     #: Whether (and with which count) the notebook's cell already points at this execution.
     annotated: bool = False
     annotated_count: int | None = None
+    #: Run by another client attached to the kernel (no cell).
+    external: bool = False
+    saw_error: bool = False
 
 
 class KernelRunner:
@@ -88,13 +96,18 @@ class KernelRunner:
         self._watcher: asyncio.Task[None] | None = None
         self.dead_reason: str | None = None
         self._released = False
+        #: Executions other clients started, by their request's msg_id.
+        self._external: dict[str, Execution] = {}
 
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         """Begin watching the lease's kernel and draining the queue."""
         kernel = self.lease.kernel
         self.dead_reason = None
-        self.host.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None)
+        kernel.on_unrouted = self._unrouted
+        attach = kernel.attach_file
+        self.host.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None,
+                                    connection_file=str(attach) if attach else None)
         self.host.schedule_flush()
         self._watcher = asyncio.create_task(self._watch(kernel))
         if self._runner is None or self._runner.done():
@@ -106,7 +119,8 @@ class KernelRunner:
         if self._watcher is not None:
             self._watcher.cancel()
         host = self.host
-        host.writer.set_kernel(lifecycle="launching", progress=f"Restarting {self.kernel_type} kernel")
+        host.writer.set_kernel(lifecycle="launching", progress=f"Restarting {self.kernel_type} kernel",
+                               connection_file=None)
         host.schedule_flush()
         try:
             self.lease = await self._restart(self.lease)
@@ -144,7 +158,8 @@ class KernelRunner:
         self.dead_reason = reason
         await kernel.kill()
         self.fail_all(reason, "kernel_died")
-        self.host.writer.set_kernel(lifecycle="error", activity=None, error=reason)
+        self.host.writer.set_kernel(lifecycle="error", activity=None, error=reason,
+                                    connection_file=None)
         self.host.schedule_flush()
 
     @property
@@ -206,7 +221,45 @@ class KernelRunner:
                 "interrupt (a pending await, say). restart_kernel() stops it.",
                 cell_id=running.cell_id, notebook_id=self.host.notebook_id)
 
+    def _unrouted(self, msg: dict[str, Any]) -> None:
+        """An IOPub message for another client's request: record its executions."""
+        parent = msg["parent_header"].get("msg_id")
+        msg_type = msg["header"]["msg_type"]
+        content = msg["content"]
+        ex = self._external.get(parent)
+        if ex is None:
+            if msg_type != "execute_input":
+                return  # kernel_info, completions...: nothing to record
+            ex = Execution(id=f"exec-{uuid.uuid4()}", cell_id="", source=content.get("code", ""),
+                           done=asyncio.get_running_loop().create_future(), status="running",
+                           execution_count=content.get("execution_count"), external=True,
+                           annotated=True)
+            ex.annotated_count = ex.execution_count
+            ex.ctx = ExecutionContext(self.host.notebook_id, ex.id, "", ex.source, self.kernel_type)
+            self._external[parent] = ex
+            self._record(ex, running=True)
+            self.host.writer.update_execution(ex.id, origin="external",
+                                              execution_count=ex.execution_count)
+            if self.sinks:
+                self.sinks.started(ex.ctx, ex.execution_count)
+            self.host.schedule_flush(PROGRESS_DELAY)
+        elif msg_type in OUTPUT_MSG_TYPES:
+            ex.saw_error = ex.saw_error or msg_type == "error"
+            self.outputs.output(ex.id, msg_type, content)
+            if self.sinks:
+                self.sinks.output(ex.ctx, msg_type, content)
+        elif msg_type == "status" and content.get("execution_state") == "idle":
+            del self._external[parent]
+            busy = self.running is not None or self.queue or self._external
+            self._finish(ex, status="error" if ex.saw_error else "done", success=not ex.saw_error,
+                         error="The code raised an error" if ex.saw_error else None,
+                         kernel=None if busy else {"activity": "idle"})
+            self.host.flush()
+
     def fail_all(self, reason: str, failure: str) -> None:
+        for ex in self._external.values():
+            self._finish(ex, status="error", error=reason, failure=failure)
+        self._external.clear()
         pending = ([self.running] if self.running else []) + list(self.queue)
         self.queue.clear()
         for ex in pending:
@@ -234,7 +287,8 @@ class KernelRunner:
         ex.success = bool(success)
         ex.error = error
         ex.failure = failure
-        self._active.pop(ex.cell_id, None)
+        if not ex.external:
+            self._active.pop(ex.cell_id, None)
         if not ex.recorded:  # ended before its request reached the kernel
             self._record(ex)
         self.host.writer.update_execution(

@@ -48,6 +48,17 @@ def _zmq_context() -> zmq.Context[zmq.Socket[bytes]]:
     return _context
 
 
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` (mode 0600) atomically."""
+    import json
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    tmp.replace(path)
+
+
 class ZmqChannels(KernelChannels):
     """The shell, control and iopub channels of a kernel at ZMQ endpoints (the default)."""
 
@@ -132,9 +143,15 @@ class Kernel:
         self.kernel_type = kernel_type
         self.cwd = cwd
         self.connection_file = connection_file
-        self.channels = handle.channels() or ZmqChannels(handle.connection_info)
+        own_channels = handle.channels()
+        self.channels = own_channels or ZmqChannels(handle.connection_info)
+        #: The connection file another Jupyter client can attach with (``jupyter console
+        #: --existing``); None for a kernel whose messages do not travel over ZMQ.
+        self.attach_file = connection_file if own_channels is None else None
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_handlers: dict[str, IOPubHandler] = {}
+        #: Gets IOPub messages whose parent request the daemon did not send (another client's).
+        self.on_unrouted: Callable[[dict[str, Any]], None] | None = None
         self._closing = False
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch())
@@ -165,6 +182,8 @@ class Kernel:
             if isinstance(exc, OSError):
                 raise KernelLaunchFailed(f"Could not start the {kernel_type} kernel: {exc}") from exc
             raise
+        if handle.connection_info != info:  # a kernel elsewhere: the file says where it listens
+            _write_json(connection_file, handle.connection_info)
         log.debug("Launched %s kernel (pid %s)", kernel_type, handle.pid)
         return await cls.connect(handle, kernel_type, cwd=cwd, connection_file=connection_file)
 
@@ -221,6 +240,8 @@ class Kernel:
             handler = self._iopub_handlers.get(parent)
             if handler is not None:
                 handler(msg["header"]["msg_type"], msg)
+            elif parent and self.on_unrouted is not None and parent not in self._replies:
+                self.on_unrouted(msg)
         else:
             fut = self._replies.pop(parent, None)
             if fut is not None and not fut.done():

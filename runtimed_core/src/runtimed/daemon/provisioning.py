@@ -21,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtimed import envsource
-from runtimed.config import DaemonConfig
+from runtimed import configfile, envsource
+from runtimed.config import DaemonConfig, check_file
 from runtimed.daemon.kernel import Kernel
-from runtimed.errors import PluginError
+from runtimed.errors import PluginError, RuntimedError
 from runtimed.launchers import KernelLauncher, LaunchContext
 from runtimed.plugins import Registry
 from runtimed.pools import EnvPool, EnvRequest, PreparedEnv, Progress, no_progress
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Pause before refilling after a claim, so refills do not compete with the claimer's first cells.
 REFILL_PAUSE = 1.0
+#: Pause before trying again after a hot kernel failed to start.
+HOT_RETRY = 30.0
 #: The seed's status keys, reported (as 0) even when their pools are not installed.
 SEED_STATUS_KEYS = ("uv_available", "conda_available", "uv_warming", "conda_warming")
 HOT = "<hot>"
@@ -93,7 +96,11 @@ class Provisioner:
         self.config = config
         self.registry = registry
         self.runtime_dir = runtime_dir
-        for namespace, setting, _owner in registry.declared_settings():
+        declared = registry.declared_settings()
+        for namespace in check_file(declared):
+            log.info("%s: [%s] is not used: no installed plugin declares that namespace",
+                     configfile.path(), namespace)
+        for namespace, setting, _owner in declared:
             config.resolve_setting(namespace, setting)  # a bad value fails now, naming its variable
         self.launchers = {kt: cls(config) for kt, cls in registry.launchers.items()}
         self.pools = {family: cls(config) for family, cls in registry.pools.items()}
@@ -141,15 +148,22 @@ class Provisioner:
         if self.hot is not None:
             await self.hot.flush()
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, Any]:
         """Pool counts (the seed's four keys always, then ``<family>_available`` /
-        ``<family>_warming`` for every pool) and ``hot_available``."""
-        counts = dict.fromkeys(SEED_STATUS_KEYS, 0)
+        ``<family>_warming`` for every pool) and ``hot_available``; for every pool and the hot
+        kernels, ``<family>_error`` (the last build's error while builds keep failing, else
+        None) and ``<family>_retry_in`` (seconds until the next attempt while backing off)."""
+        counts: dict[str, Any] = dict.fromkeys(SEED_STATUS_KEYS, 0)
         for family, pool in self.pools.items():
             st = pool.status()
             counts[f"{family}_available"] = st.available
             counts[f"{family}_warming"] = st.warming
-        counts["hot_available"] = self.hot.available if self.hot is not None else 0
+            counts[f"{family}_error"] = st.error
+            counts[f"{family}_retry_in"] = st.retry_in
+        hot = self.hot
+        counts["hot_available"] = hot.available if hot is not None else 0
+        counts["hot_error"] = hot.last_error if hot is not None else None
+        counts["hot_retry_in"] = hot.retry_in() if hot is not None else None
         return counts
 
     # deciding ---------------------------------------------------------------------------------
@@ -311,10 +325,18 @@ class HotKernels:
         self._ready: deque[Lease] = deque()
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Why the last start failed (None once one succeeds), and when the next is tried.
+        self.last_error: str | None = None
+        self._retry_at = 0.0
 
     @property
     def available(self) -> int:
         return len(self._ready)
+
+    def retry_in(self) -> float | None:
+        """Seconds until the next start after a failure, else None."""
+        left = self._retry_at - time.monotonic()
+        return round(left, 1) if self.last_error is not None and left > 0 else None
 
     def start(self) -> None:
         if self.size > 0:
@@ -345,9 +367,13 @@ class HotKernels:
                 try:
                     lease = await self._start_one()
                 except Exception as exc:
-                    log.warning("Hot kernels: could not start one (%s); retrying later", exc)
-                    await asyncio.sleep(30)
+                    log.warning("Hot kernels: could not start one (%s); retrying in %g s", exc,
+                                HOT_RETRY)
+                    self.last_error = exc.message if isinstance(exc, RuntimedError) else str(exc)
+                    self._retry_at = time.monotonic() + HOT_RETRY
+                    await asyncio.sleep(HOT_RETRY)
                     continue
+                self.last_error = None
                 self._ready.append(lease)
                 log.info("Hot kernels: %d/%d ready", len(self._ready), self.size)
 

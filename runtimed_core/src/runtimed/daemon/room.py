@@ -79,10 +79,11 @@ class Room:
 
     def __init__(self, notebook_id: str, *, config: DaemonConfig, provisioner: Provisioner,
                  sinks: PluginSinks, on_idle: Callable[[Room], Awaitable[None]],
-                 files: NbformatWorker, blobs: BlobStore) -> None:
+                 files: NbformatWorker, blobs: BlobStore, http: dict[str, str] | None = None) -> None:
         self._notebook_id = notebook_id
         self.config = config
         self.blobs = blobs
+        self._http = http if http is not None else {}
         self._on_idle = on_idle
         self._files = files
         #: The notebook file backing this room, if it is file-backed.
@@ -93,6 +94,7 @@ class Room:
         self.store.record(self.doc)
         self._writer = RuntimeStateWriter(Replica())
         self.peers: list[Peer] = []
+        self.watchers: list[Any] = []
         self.kernel = RoomKernel(self, provisioner, sinks)
         self._flush_handle: asyncio.Handle | None = None
         self._flush_due = 0.0
@@ -134,6 +136,7 @@ class Room:
             "event": "welcome", "notebook_id": self.notebook_id,
             "path": str(self.file.path) if self.file is not None else None,
             "blob_store_dir": str(self.blobs.root),
+            "http": self._http,
             "notebook_heads": [h.hex() for h in self.doc.heads],
             "state_heads": [h.hex() for h in self.state.heads],
         }
@@ -147,10 +150,31 @@ class Room:
     def remove_peer(self, peer: Peer) -> None:
         if peer in self.peers:
             self.peers.remove(peer)
-        if not self.peers and not self.closed:
+        self._idle_soon()
+
+    def _idle_soon(self) -> None:
+        """Nobody uses the room any more: it is evicted after ``keep_alive_secs``."""
+        if not self.peers and not self.watchers and not self.closed:
             delay = self.config.keep_alive_secs
             loop = asyncio.get_running_loop()
             self._evict_timer = loop.call_later(delay, lambda: loop.create_task(self._on_idle(self)))
+
+    def watch(self, watcher: Any) -> None:
+        """``watcher.changed(room)`` is called whenever the room's documents change (a live
+        page); the room stays open while watched."""
+        if self._evict_timer is not None:
+            self._evict_timer.cancel()
+            self._evict_timer = None
+        self.watchers.append(watcher)
+
+    def unwatch(self, watcher: Any) -> None:
+        if watcher in self.watchers:
+            self.watchers.remove(watcher)
+        self._idle_soon()
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.peers or self.watchers)
 
     def on_doc_sync(self, peer: Peer, body: memoryview) -> None:
         try:
@@ -211,8 +235,11 @@ class Room:
         versions = (self.doc.version, self.state.version)
         if not self._sync_wanted and versions == self._synced_versions:
             return  # nothing changed and nobody asked: every peer is as synced as it can be
-        if self.file is not None and versions != self._synced_versions:
-            self.file.changed()
+        if versions != self._synced_versions:
+            if self.file is not None:
+                self.file.changed()
+            for watcher in self.watchers:
+                watcher.changed(self)
         self._sync_wanted, self._synced_versions = False, versions
         now = asyncio.get_running_loop().time()
         owed: list[float] = []  # when the acknowledgements still owed are due

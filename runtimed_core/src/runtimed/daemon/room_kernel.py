@@ -42,15 +42,18 @@ class RoomKernel:
         """The room's kernel as ``list_rooms`` reports it."""
         runner = self.runner
         alive = runner is not None and runner.alive
+        record = read_kernel(self.host.writer.replica)
         if runner is not None and alive:
             status = "busy" if runner.running is not None or runner.queue else "idle"
         else:
-            status = read_kernel(self.host.writer.replica).get("lifecycle", "not_started")
+            status = record.get("lifecycle", "not_started")
         return {
             "has_kernel": alive,
             "kernel_type": runner.kernel_type if runner else None,
             "kernel_status": status,
             "env_source": runner.env_source if runner else None,
+            "kernel_error": record.get("error"),
+            "connection_file": record.get("connection_file") if alive else None,
         }
 
     def _progress(self, phase: str, message: str) -> None:
@@ -152,7 +155,8 @@ class RoomKernel:
             self._stopping.add(stopping)
             stopping.add_done_callback(self._stopping.discard)
             self._shut_down = True
-            self.host.writer.set_kernel(lifecycle="shutdown", activity=None, progress=None)
+            self.host.writer.set_kernel(lifecycle="shutdown", activity=None, progress=None,
+                                        connection_file=None)
             self.host.flush()
         if wait and self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)

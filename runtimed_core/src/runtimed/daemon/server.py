@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtimed import paths
+from runtimed import paths, version
 from runtimed.blobs import BlobStore
 from runtimed.config import DaemonConfig
 from runtimed.daemon import runtime_dir
@@ -22,6 +22,7 @@ from runtimed.daemon.notebook_file import resolve as resolve_notebook
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import Provisioner
 from runtimed.daemon.room import Peer, Room
+from runtimed.daemon.viewer import Viewer
 from runtimed.document import notebook
 from runtimed.errors import (
     DaemonUnavailable, InvalidRequest, NotebookFileError, ProtocolError, RuntimedError, error_to_wire,
@@ -46,15 +47,16 @@ class Daemon:
         self.config = config
         self.pm = get_plugin_manager()
         self.registry = Registry.load(self.pm)
-        self.runtime_dir = runtime_dir.create()
-        try:
-            self.provisioner = Provisioner(config, self.registry, self.runtime_dir)
-        except BaseException:
-            os.rmdir(self.runtime_dir)
-            raise
+        #: Where this daemon's kernels' connection files go (claimed in :meth:`serve`).
+        self.runtime_dir = runtime_dir.directory_for(config.runtime_dir, config.socket_path)
+        self._kernels_dir = runtime_dir.RuntimeDir(self.runtime_dir)
+        self.provisioner = Provisioner(config, self.registry, self.runtime_dir)
         self.sinks = PluginSinks([(plugin, cls(config)) for plugin, cls in self.registry.sinks])
         self.files = NbformatWorker()
         self.blobs = BlobStore(paths.private_dir(config.blob_store_dir), cap=config.blob_cap)
+        self.viewer = Viewer(self.blobs, self._room_for_page, lambda: {"rooms": self.list_rooms()})
+        #: What sessions need of the web server (its URL and secret), in every welcome.
+        self.http: dict[str, str] = {}
         self._blob_gc: asyncio.Task[None] | None = None
         self.rooms: dict[str, Room] = {}
         #: File-backed rooms by their file (a room saved under another name moves here).
@@ -88,11 +90,12 @@ class Daemon:
         ``ready`` is set and ``on_ready`` called once the socket accepts connections.
         """
         config = self.config
-        sock = config.socket_path
+        sock = paths.check_socket_path(config.socket_path)
         if not sock.parent.exists() or sock.parent == paths.cache_dir():
             paths.private_dir(sock.parent)
         self._acquire_lock()
-        await asyncio.to_thread(runtime_dir.sweep)  # kernels and files a killed daemon left
+        # kernels and files a killed daemon left
+        await asyncio.to_thread(self._kernels_dir.claim)
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +113,8 @@ class Daemon:
         os.chmod(sock, 0o600)
         log.info("runtimed listening on %s (pid %d)", sock, os.getpid())
         await self.provisioner.start()
+        await self.viewer.start(config.http_port)
+        self.http.update(url=self.viewer.server.url, token=self.viewer.server.secret)
         self._blob_gc = asyncio.create_task(self._collect_blobs(), name="runtimed-blob-gc")
         if ready is not None:
             ready.set()
@@ -137,6 +142,7 @@ class Daemon:
         log.info("runtimed shutting down")
         if self._blob_gc is not None:
             self._blob_gc.cancel()
+        await self.viewer.stop()
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*(room.close() for room in list(self.rooms.values())),
@@ -147,8 +153,7 @@ class Daemon:
         await self.files.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket_path.unlink()
-        with contextlib.suppress(OSError):
-            os.rmdir(self.runtime_dir)
+        self._kernels_dir.release()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
@@ -159,7 +164,7 @@ class Daemon:
         if room is None or room.closed:
             room = self.rooms[notebook_id] = Room(
                 notebook_id, config=self.config, provisioner=self.provisioner, sinks=self.sinks,
-                on_idle=self.evict, files=self.files, blobs=self.blobs)
+                on_idle=self.evict, files=self.files, blobs=self.blobs, http=self.http)
         return room
 
     async def file_room(self, path: Path, *, create: bool = False) -> Room:
@@ -191,6 +196,15 @@ class Daemon:
         self.file_rooms[path] = room
         return room
 
+    async def _room_for_page(self, kind: str, ref: str) -> Room:
+        """The room a live page asks for: by file path, or by notebook id."""
+        if kind == "path":
+            return await self.file_room(resolve_notebook(ref))
+        path = _as_notebook_path(ref)
+        if path is not None:
+            return self.file_rooms.get(path) or await self.file_room(path)
+        return self.room(ref)
+
     def moved(self, room: Room, old: Path | None) -> None:
         """``room`` is now backed by another file (save as)."""
         if old is not None and self.file_rooms.get(old) is room:
@@ -199,7 +213,7 @@ class Daemon:
             self.file_rooms[room.file.path] = room
 
     async def evict(self, room: Room) -> None:
-        if room.peers or room.closed:
+        if room.in_use or room.closed:
             return
         log.info("Evicting idle room %s", room.notebook_id)
         if self.rooms.get(room.notebook_id) is room:
@@ -209,6 +223,10 @@ class Daemon:
         await room.close()
 
     # pool channel --------------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """Which daemon this is: ``version`` (of runtimed), ``pid``."""
+        return {"version": version.__version__, "pid": os.getpid()}
+
     def list_rooms(self) -> list[dict[str, Any]]:
         return [
             {"notebook_id": room.notebook_id, "active_peers": len(room.peers),
@@ -219,9 +237,13 @@ class Daemon:
     async def pool_request(self, req: dict[str, Any]) -> Any:
         kind = req.get("type")
         if kind == "ping":
-            return {"pong": True, "pid": os.getpid()}
+            return {"pong": True, **self.identity()}
         if kind == "status":
-            return self.provisioner.status()
+            return {**self.provisioner.status(), **self.identity(), "http_url": self.http.get("url")}
+        if kind == "viewer_link":
+            path = req.get("path")
+            return self.viewer.link(notebook_id=req.get("notebook_id"),
+                                    path=str(resolve_notebook(path)) if path else None)
         if kind == "list_rooms":
             return self.list_rooms()
         if kind == "flush_pool":
@@ -390,7 +412,7 @@ class Connection:
             await runner.restart()
             return _heads(room)
         if kind == "shutdown_kernel":
-            await room.kernel.shutdown(wait=False)
+            await room.kernel.shutdown(wait=req.get("wait", True) is not False)
             return _heads(room)
         if kind == "save":
             old = room.file.path if room.file is not None else None
@@ -400,7 +422,7 @@ class Connection:
             path = resolve_notebook(target) if target else None
             other = self.daemon.file_rooms.get(path) if path is not None else None
             if other is not None and other is not room and not other.closed:
-                if other.peers:
+                if other.in_use:
                     raise InvalidRequest(f"{path} is open in another session's room; save to "
                                          "another path, or open it with Session(path=...)",
                                          notebook_id=room.notebook_id)

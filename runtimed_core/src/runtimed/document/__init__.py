@@ -1,6 +1,6 @@
 """The two Automerge documents of a notebook room.
 
 :mod:`.replica` is the only module that touches the automerge API;
-:mod:`.notebook` and :mod:`.runtime_state` are the schemas (REFERENCE.md section 3)
-as plain functions over a :class:`~.replica.Replica`.
+:mod:`.notebook` and :mod:`.runtime_state` are the schemas (drawn in their module
+docstrings) as plain functions over a :class:`~.replica.Replica`.
 """

@@ -5,14 +5,16 @@ Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
 
 ::
 
-    ROOT: kernel/   lifecycle, activity, error, kernel_type, env_source, progress
+    ROOT: kernel/   lifecycle, activity, error, kernel_type, env_source, progress,
+                    connection_file (while running: what ``jupyter console --existing`` takes)
           queue     [execution_id ...]   (queued, not yet running)
           executions/{execution_id}: cell_id, status, source, execution_count,
-                                     success, error, failure, outputs [output ...]
+                                     success, error, failure, origin, outputs [output ...]
           saved_outputs/{cell_id}: the outputs a notebook file holds for a cell that has
                                    not run since (a JSON string: a list of nbformat outputs)
     (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
-    restarted, shutdown)
+    restarted, shutdown; ``origin``: ``external`` for code another Jupyter client ran in
+    the kernel, which has no cell: ``cell_id`` is empty)
 
 An output is a map: streams are ``output_type``, ``name`` and ``chunks`` (a list
 of strings whose concatenation is the text: appending is one operation per
@@ -62,12 +64,17 @@ class RuntimeStateWriter:
         with replica.change() as tx:
             self.kernel = tx.put_object(ROOT, "kernel", Map)
             for key, value in (("lifecycle", "not_started"), ("activity", None), ("error", None),
-                               ("kernel_type", None), ("env_source", None), ("progress", None)):
+                               ("kernel_type", None), ("env_source", None), ("progress", None),
+                               ("connection_file", None)):
                 _put_scalar(tx, self.kernel, key, value)
             self.queue = tx.put_object(ROOT, "queue", List)
             self.executions = tx.put_object(ROOT, "executions", Map)
             self.saved = tx.put_object(ROOT, "saved_outputs", Map)
         self._saved: set[str] = set()
+        #: With ``track_dirty``, the executions (and ``saved:<cell id>``) written since the
+        #: last :meth:`take_dirty` (a live page updates only what changed).
+        self.track_dirty = False
+        self._dirty: set[str] = set()
         self._exec_objs: dict[str, tuple[bytes, bytes]] = {}  # eid -> (execution map, outputs list)
         self._queued: list[str] = []
 
@@ -94,7 +101,18 @@ class RuntimeStateWriter:
                 tx.put(new.saved, cell_id, Str, old.get(self.saved, cell_id) or "[]")
         new._queued = list(self._queued)
         new._saved = set(self._saved)
+        new.track_dirty = self.track_dirty
+        new._dirty = set(self._dirty)
         return new
+
+    def _touch(self, key: str) -> None:
+        if self.track_dirty:
+            self._dirty.add(key)
+
+    def take_dirty(self) -> set[str]:
+        """What was written since the last call (see :attr:`track_dirty`)."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
 
     # outputs saved in a notebook file -------------------------------------------------------------
     def set_saved_outputs(self, outputs: dict[str, list[dict[str, Any]]]) -> None:
@@ -104,6 +122,7 @@ class RuntimeStateWriter:
         with self.replica.change() as tx:
             for cell_id, cell_outputs in outputs.items():
                 tx.put(self.saved, cell_id, Str, json.dumps(cell_outputs))
+                self._touch(f"saved:{cell_id}")
         self._saved.update(outputs)
 
     def drop_saved_outputs(self, cell_ids: Iterable[str]) -> None:
@@ -113,6 +132,7 @@ class RuntimeStateWriter:
             with self.replica.change() as tx:
                 for cell_id in gone:
                     tx.delete(self.saved, cell_id)
+                    self._touch(f"saved:{cell_id}")
             self._saved.difference_update(gone)
 
     def blob_shas(self) -> set[str]:
@@ -156,6 +176,7 @@ class RuntimeStateWriter:
         if not running:
             self._queued.append(execution_id)
         self._exec_objs[execution_id] = (ex, outputs)
+        self._touch(execution_id)
 
     def _dequeue(self, tx: Any, execution_id: str) -> None:
         if execution_id in self._queued:
@@ -167,6 +188,7 @@ class RuntimeStateWriter:
         """Set fields of an execution (None values are skipped: fields are set once) and,
         in the same change, ``kernel`` fields; leaving ``queued`` removes it from the queue."""
         ex, _ = self._exec_objs[execution_id]
+        self._touch(execution_id)
         with self.replica.change() as tx:
             if fields.get("status", "queued") != "queued":
                 self._dequeue(tx, execution_id)
@@ -185,6 +207,7 @@ class RuntimeStateWriter:
 
     # outputs ----------------------------------------------------------------------------------
     def outputs_obj(self, execution_id: str) -> bytes:
+        self._touch(execution_id)  # every output write goes through here
         return self._exec_objs[execution_id][1]
 
     def append_output(self, execution_id: str, index: int, output: dict[str, Any]) -> None:
@@ -254,7 +277,8 @@ def read_execution(replica: Replica, execution_id: str) -> dict[str, Any] | None
         return None
     outputs = replica.get_obj(ex, "outputs")
     result = {key: replica.get(ex, key) for key in
-              ("cell_id", "status", "source", "execution_count", "success", "error", "failure")}
+              ("cell_id", "status", "source", "execution_count", "success", "error", "failure",
+               "origin")}
     result["execution_id"] = execution_id
     result["outputs"] = [
         _read_output(replica, replica.get_obj(outputs, i)) for i in range(replica.length(outputs))
@@ -272,3 +296,9 @@ def read_saved_outputs(replica: Replica, cell_id: str) -> list[dict[str, Any]] |
 def queued_ids(replica: Replica) -> list[str]:
     queue = replica.get_obj(ROOT, "queue")
     return [replica.get(queue, i) for i in range(replica.length(queue))] if queue is not None else []
+
+
+def execution_ids(replica: Replica) -> list[str]:
+    """The ids of every execution the document holds (the most recent ones per room)."""
+    executions = replica.get_obj(ROOT, "executions")
+    return list(replica.keys(executions)) if executions is not None else []
