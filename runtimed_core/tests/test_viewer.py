@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import nbformat
 import pytest
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Message, Request, TextMessage
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 import runtimed
 from runtimed.blobs import blob_file
