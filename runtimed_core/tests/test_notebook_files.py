@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -304,7 +305,7 @@ def test_saves_are_never_half_written_even_when_killed(tmp_path, runtimed_daemon
     cut_short = 0
     for round_ in range(10):
         s = session(daemon, path)
-        workers = _pids("runtimed.formats.nbfile")  # it read the file: it is running
+        workers = _children(daemon.process.pid, "runtimed.formats.nbfile")  # it read the file
         for i in range(5):  # autosave writes while the cells change
             s.set_source(s.get_cells()[i].id, f"x = {round_}-{i}")
         if round_ % 2:
@@ -314,7 +315,8 @@ def test_saves_are_never_half_written_even_when_killed(tmp_path, runtimed_daemon
             while not any(n.endswith(".tmp") for n in os.listdir(tmp_path)) and time.monotonic() < deadline:
                 pass
         for pid in workers:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                os.kill(pid, signal.SIGKILL)
         daemon.kill()
         assert len(written(path).cells) == 200, f"round {round_}: the file is whole"
         cut_short += bool(list(tmp_path.glob(".large.ipynb.*.tmp")))
@@ -325,14 +327,16 @@ def test_saves_are_never_half_written_even_when_killed(tmp_path, runtimed_daemon
     assert not list(tmp_path.glob(".large.ipynb.*.tmp")), "temporary files are cleaned up"
 
 
-def _pids(text: str) -> list[int]:
+def _children(parent: int, text: str) -> list[int]:
+    """The processes of ``parent`` whose command line holds ``text`` (other daemons' are not)."""
     found = []
     for pid in os.listdir("/proc"):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if text in cmdline and int(pid) != os.getpid():
+        if text in cmdline and ppid == parent:
             found.append(int(pid))
     return found
 

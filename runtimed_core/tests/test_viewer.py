@@ -289,3 +289,20 @@ def test_results_display_richly_in_jupyter(daemon):
         assert output_bundle["image/png"].strip() == PNG
         text = s.run("print('plain')")._repr_mimebundle_()
         assert text["text/plain"] == "plain\n"
+
+
+@needs_browser
+@pytest.mark.network
+def test_a_matplotlib_figure_shows_on_the_page(daemon, browser):
+    with session(daemon) as s:
+        s.set_metadata("runt", json.dumps({"uv": {"dependencies": ["matplotlib"]}}))
+        s.start_kernel()
+        result = s.run("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('runtimed')\n"
+                       "plt.show()")
+        assert result.success and "image/png" in result.display_data[0].blob_urls
+        page = browser.new_page()
+        page.goto(s.show(open_browser=False))
+        page.wait_for_function("() => [...document.images].some(i => i.naturalWidth > 300)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer-matplotlib.png"), full_page=True)
+        page.close()

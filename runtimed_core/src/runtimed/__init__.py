@@ -12,6 +12,7 @@ Quick start::
 
 from runtimed.client.async_session import AsyncDaemonClient, AsyncSession
 from runtimed.client.results import Cell, ExecutionResult, Output
+from runtimed.client.sidecar import Sidecar, sidecar
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import (
     CellNotFound, ConfigError, DaemonNotRunning, DaemonUnavailable, EnvironmentFailed,
@@ -26,5 +27,5 @@ __all__ = [
     "DaemonNotRunning", "DaemonUnavailable", "EnvironmentFailed", "ExecutionResult",
     "ExecutionTimeout", "InvalidRequest", "KernelDied", "KernelError", "KernelLaunchFailed",
     "NoKernel", "NotConnected", "NotebookFileError", "Output", "PluginError", "ProtocolError",
-    "RuntimedError", "RuntimedWarning", "Session",
+    "RuntimedError", "RuntimedWarning", "Session", "Sidecar", "sidecar",
 ]

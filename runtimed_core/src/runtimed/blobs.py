@@ -45,7 +45,7 @@ BLOBS_KEY = "$blobs"
 #: The largest blob kept (bytes); a larger part is dropped with a note in ``text/plain``.
 DEFAULT_CAP = 100 * 2**20
 #: Text parts longer than this (characters) go to blobs.
-DEFAULT_TEXT_THRESHOLD = 64 * 1024
+DEFAULT_TEXT_THRESHOLD = 32 * 1024
 _TEXTUAL_APPLICATION = ("application/javascript", "application/xml", "application/x-latex",
                         "application/x-tex", "application/ecmascript")
 

@@ -326,10 +326,10 @@ def _open(args: argparse.Namespace) -> int:
     socket = Path(args.socket) if args.socket else paths.socket_path()
     url = _LoopThread.run(pool_request(socket, "viewer_link", **fields))
     print(url)
-    if not args.no_browser and os.environ.get("RUNTIMED_NO_BROWSER", "").lower() not in ("1", "true", "yes"):
-        import webbrowser
+    if not args.no_browser:
+        from runtimed.web import open_in_browser
 
-        webbrowser.open(url)
+        open_in_browser(url)
     return 0
 
 

@@ -61,7 +61,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "(default: the launcher ranked first)", parse=_optional),
     Setting("autosave_secs", 2.0, "a notebook file is saved this long after its last change "
             "(0: only on save())", parse=float),
-    Setting("blob_text_threshold", 64 * 1024, "output texts longer than this (characters) go "
+    Setting("blob_text_threshold", 32 * 1024, "output texts longer than this (characters) go "
             "to the blob store", parse=int),
     Setting("blob_cap", 100 * 2**20, "the largest output blob kept (bytes)", parse=int),
     Setting("http_port", 0, "the port of the daemon's web server on 127.0.0.1 (0: any free one)",

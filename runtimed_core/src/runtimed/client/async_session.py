@@ -20,9 +20,15 @@ from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
 from runtimed.document.runtime_state import read_execution, read_kernel, read_saved_outputs
 from runtimed.errors import (
-    DaemonUnavailable, ExecutionTimeout, KernelDied, NotConnected, ProtocolError, RuntimedError,
+    DaemonUnavailable,
+    ExecutionTimeout,
+    KernelDied,
+    NotConnected,
+    ProtocolError,
+    RuntimedError,
 )
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, loads, typed
+from runtimed.web import open_in_browser
 
 CONNECT_TIMEOUT = 10.0
 
@@ -491,10 +497,8 @@ class AsyncSession:
             await self.connect()
         url = await pool_request(self.socket_path, "viewer_link", notebook_id=self._notebook_id,
                                  path=self._path)
-        if open_browser and os.environ.get("RUNTIMED_NO_BROWSER", "").lower() not in ("1", "true", "yes"):
-            import webbrowser
-
-            await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, url)
+        if open_browser:
+            await asyncio.get_running_loop().run_in_executor(None, open_in_browser, url)
         return url
 
     async def run_all(self, timeout_secs: float | None = 60, allow_errors: bool = False,

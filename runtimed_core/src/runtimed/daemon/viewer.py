@@ -23,8 +23,6 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -34,16 +32,13 @@ from runtimed.document import notebook
 from runtimed.document.runtime_state import read_kernel
 from runtimed.errors import RuntimedError
 from runtimed.formats.ipynb import cell_outputs
-from runtimed.web import view
-from runtimed.web.server import Request, Response, WebServer, WebSocket
+from runtimed.web import assets, view
+from runtimed.web.server import Request, Response, WebServer, WebSocket, push_updates
 
 log = logging.getLogger(__name__)
 
 #: The shortest time between two computations of a room's view (seconds).
 MIN_INTERVAL = 0.03
-STATIC = resources.files("runtimed.web") / "static"
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8", ".woff2": "font/woff2", ".svg": "image/svg+xml"}
 
 
 class RoomView:
@@ -171,20 +166,10 @@ class Viewer:
         return Response(200, page.encode(), "text/html; charset=utf-8")
 
     async def _page(self, request: Request) -> Response:
-        return Response(200, (STATIC / "notebook.html").read_bytes(), "text/html; charset=utf-8",
-                        {"cache-control": "no-cache"})
+        return assets.page()
 
     async def _static(self, request: Request) -> Response:
-        name = request.params["name"]
-        if ".." in name.split("/") or name.startswith("/"):
-            return Response.text("404 Not Found", 404)
-        target = STATIC / name
-        if not target.is_file():
-            return Response.text("404 Not Found", 404)
-        suffix = Path(name).suffix
-        return Response(200, target.read_bytes(), _TYPES.get(suffix, "application/octet-stream"),
-                        {"cache-control": "no-cache" if suffix in (".html", ".js", ".css") else
-                         "private, max-age=86400"})
+        return assets.static_file(request.params["name"])
 
     async def _live(self, request: Request, socket: WebSocket) -> None:
         kind = "path" if "path" in request.query else "id"
@@ -210,45 +195,25 @@ class Viewer:
                 room.writer.track_dirty = False
 
     async def _feed(self, room: Any, room_view: RoomView, socket: WebSocket) -> None:
-        closed = asyncio.ensure_future(_until_closed(socket))
         sent: dict[str, str] = {}
-        sent_order: list[str] = []
-        sent_kernel = ""
-        first = True
-        loop = asyncio.get_running_loop()
-        try:
-            while not closed.done():
-                room_view.refresh()
-                changed = {cid: text for cid, text in room_view.cells.items() if sent.get(cid) != text}
-                if first or changed or room_view.order != sent_order or room_view.kernel != sent_kernel:
-                    message = ('{"type":"%s","notebook_id":%s,"path":%s,"order":%s,"kernel":%s,'
-                               '"cells":{%s}}' % (
-                                   "snapshot" if first else "update", json.dumps(room.notebook_id),
-                                   json.dumps(str(room.file.path) if room.file else None),
-                                   json.dumps(room_view.order), room_view.kernel,
-                                   ",".join(f"{json.dumps(cid)}:{text}" for cid, text in changed.items())))
-                    await socket.send(message)
-                    sent.update(changed)
-                    for gone in set(sent) - set(room_view.order):
-                        del sent[gone]
-                    sent_order, sent_kernel, first = list(room_view.order), room_view.kernel, False
-                room_view.changed.clear()
-                started = loop.time()
-                waiter = asyncio.ensure_future(room_view.changed.wait())
-                await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                pause = MIN_INTERVAL - (loop.time() - started)
-                if pause > 0 and not closed.done():
-                    await asyncio.sleep(pause)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            closed.cancel()
+        last: dict[str, Any] = {"order": None, "kernel": None}
 
+        def message() -> str | None:
+            room_view.refresh()
+            changed = {cid: text for cid, text in room_view.cells.items() if sent.get(cid) != text}
+            first = last["order"] is None
+            if not (first or changed or room_view.order != last["order"]
+                    or room_view.kernel != last["kernel"]):
+                return None
+            sent.update(changed)
+            for gone in set(sent) - set(room_view.order):
+                del sent[gone]
+            last["order"], last["kernel"] = list(room_view.order), room_view.kernel
+            return view.page_message("snapshot" if first else "update", room.notebook_id,
+                                     str(room.file.path) if room.file else None, room_view.order,
+                                     room_view.kernel, changed)
 
-async def _until_closed(socket: WebSocket) -> None:
-    while await socket.receive() is not None:
-        pass  # the page sends nothing the daemon needs yet
+        await push_updates(socket, room_view.changed, message, MIN_INTERVAL)
 
 
 def _escape(text: str) -> str:

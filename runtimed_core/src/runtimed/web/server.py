@@ -162,6 +162,8 @@ class WebServer:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, h11.RemoteProtocolError):
             pass
+        except asyncio.CancelledError:  # the server stops; asyncio's stream callback would log
+            pass                        # a cancelled connection task as an error
         except Exception:
             log.exception("HTTP connection failed")
         finally:
@@ -296,3 +298,33 @@ class WebServer:
                 with contextlib.suppress(Exception):
                     writer.write(ws.send(CloseConnection(code=1000)))
                     await writer.drain()
+
+
+async def push_updates(socket: WebSocket, changed: asyncio.Event, message: Callable[[], str | None],
+                       min_interval: float) -> None:
+    """Send ``message()`` (when it is not None) now and each time ``changed`` is set, at most
+    every ``min_interval`` seconds, until the page goes away; what the page sends is ignored."""
+    closed = asyncio.ensure_future(_until_closed(socket))
+    loop = asyncio.get_running_loop()
+    try:
+        while not closed.done():
+            text = message()
+            if text is not None:
+                await socket.send(text)
+            changed.clear()
+            started = loop.time()
+            waiter = asyncio.ensure_future(changed.wait())
+            await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            pause = min_interval - (loop.time() - started)
+            if pause > 0 and not closed.done():
+                await asyncio.sleep(pause)
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        closed.cancel()
+
+
+async def _until_closed(socket: WebSocket) -> None:
+    while await socket.receive() is not None:
+        pass

@@ -10,6 +10,7 @@ the blob store are URLs (``{"$blob": url}``) the page loads from the daemon.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -72,3 +73,12 @@ def notebook_view(doc: Replica, state: Replica, blob_url: BlobUrl) -> dict[str, 
     kernel = read_kernel(state)
     return {"cells": cells, "kernel": {k: kernel.get(k) for k in
                                        ("lifecycle", "activity", "kernel_type", "error")}}
+
+
+def page_message(kind: str, title: str, path: str | None, order: list[str], kernel: str,
+                 cells: dict[str, str]) -> str:
+    """What the page receives: ``kind`` "snapshot" (everything) or "update" (what changed);
+    ``order`` the cell ids, ``kernel`` and each of ``cells`` already JSON."""
+    return '{"type":"%s","notebook_id":%s,"path":%s,"order":%s,"kernel":%s,"cells":{%s}}' % (
+        kind, json.dumps(title), json.dumps(path), json.dumps(order), kernel,
+        ",".join(f"{json.dumps(cid)}:{text}" for cid, text in cells.items()))

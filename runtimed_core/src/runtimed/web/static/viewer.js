@@ -204,9 +204,11 @@ function renderCell(cell) {
     node.append(el("pre", { class: "raw", text: cell.source }));
   } else {
     const count = cell.execution_count == null ? " " : cell.execution_count;
-    node.append(el("div", { class: "input" },
-      el("span", { class: "prompt", text: `[${count}]:` }),
-      el("pre", { class: "source", text: cell.source })));
+    if (cell.source != null) {  // the sidecar may have a kernel's outputs without their code
+      node.append(el("div", { class: "input" },
+        el("span", { class: "prompt", text: `[${count}]:` }),
+        el("pre", { class: "source", text: cell.source })));
+    }
     const outputs = el("div", { class: "outputs" });
     for (const output of cell.outputs || []) outputs.append(renderOutput(output));
     node.append(outputs);
