@@ -113,6 +113,8 @@ def kernel(kernel_venv: Path, tmp_path: Path) -> Iterator:
         client.stop_channels()
         if manager.is_alive():
             manager.shutdown_kernel(now=True)
+        else:  # killed, or shut down by the test: its sockets and ZMQ context still go
+            manager.cleanup_resources()
 
 
 def run(client, code: str) -> str:  # noqa: ANN001
@@ -298,6 +300,8 @@ def test_terminal_ipython_is_bridged(kernel_venv, browser, tmp_path):
         if shell.poll() is None:
             shell.kill()
             shell.wait()
+        shell.stdin.close()
+        shell.stdout.close()
 
 
 def test_outside_ipython_a_connection_file_is_needed():
