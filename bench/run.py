@@ -420,6 +420,24 @@ class Bench:
             log(f"kept {self.root}")
 
 
+@contextlib.contextmanager
+def jc_second_client(km: Any) -> Iterator[Any]:
+    """Another client of a kernel, ready, as another process would make it.
+
+    (A second km.client() in the same process never received IOPub here; a client built
+    from the connection file does.)"""
+    from jupyter_client.blocking import BlockingKernelClient
+
+    kc = BlockingKernelClient(connection_file=km.connection_file)
+    kc.load_connection_file()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=30)
+        yield kc
+    finally:
+        kc.stop_channels()
+
+
 def jc_execute(kc: Any, code: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """execute_interactive: returns after the reply and IOPub idle; (reply content, iopub messages)."""
     msgs: list[dict[str, Any]] = []
@@ -759,15 +777,7 @@ def scenario_multiclient(b: Bench) -> dict[str, Any]:
     # jupyter_client has no shared document: the nearest thing is a second client seeing what
     # the first did, i.e. client B receiving client A's execute_input on IOPub (through the kernel).
     with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc_a):
-        from jupyter_client.blocking import BlockingKernelClient
-
-        # (a second km.client() in the same process never received IOPub here; a client built
-        # from the connection file, as another process would, does)
-        kc_b = BlockingKernelClient(connection_file=km.connection_file)
-        kc_b.load_connection_file()
-        kc_b.start_channels()
-        try:
-            kc_b.wait_for_ready(timeout=30)
+        with jc_second_client(km) as kc_b:
             while True:  # drain B's IOPub
                 try:
                     kc_b.get_iopub_msg(timeout=0.2)
@@ -794,8 +804,6 @@ def scenario_multiclient(b: Bench) -> dict[str, Any]:
                     times.append(dt)
             out["propagation"] = {**summary(times),
                                   "what": "client A execute() -> client B receives execute_input on IOPub"}
-        finally:
-            kc_b.stop_channels()
 
     side = Side(res, "runtimed", b)
     with side as out, b.daemon("multiclient", uv_pool_size=0) as daemon:
@@ -1126,13 +1134,7 @@ def scenario_viewer(b: Bench) -> dict[str, Any]:
     res: dict[str, Any] = {"repetitions": reps, "warmups": warm, "png_bytes": PNG_RAW_BYTES}
 
     with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc_a):
-        from jupyter_client.blocking import BlockingKernelClient
-
-        kc_b = BlockingKernelClient(connection_file=km.connection_file)
-        kc_b.load_connection_file()
-        kc_b.start_channels()
-        try:
-            kc_b.wait_for_ready(timeout=30)
+        with jc_second_client(km) as kc_b:
             jc_execute(kc_a, PNG_SETUP)
             times = []
             for i in range(warm + reps):
@@ -1151,8 +1153,6 @@ def scenario_viewer(b: Bench) -> dict[str, Any]:
                     times.append(dt)
             out["second_client"] = {**summary(times),
                                     "what": "A execute() -> client B receives the display_data on IOPub"}
-        finally:
-            kc_b.stop_channels()
 
     side = Side(res, "runtimed", b)
     with side as out, b.daemon("viewer", uv_pool_size=1) as daemon:
