@@ -300,6 +300,20 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kernelspec_install(args: argparse.Namespace) -> int:
+    from runtimed import kernelspec
+
+    spec: dict[str, Any] = {"kernel_type": args.kernel_type, "env_source": args.env_source,
+                            "language": args.language, "socket_path": args.socket}
+    if args.display_name:
+        spec["display_name"] = args.display_name
+    target = kernelspec.install(args.name, user=args.user, prefix=args.prefix, **spec)
+    print(target)
+    print(f"installed the Jupyter kernelspec {args.name!r}: its kernels come from the runtimed "
+          f"daemon (e.g. jupyter execute --kernel_name={args.name} NB.ipynb)", file=sys.stderr)
+    return 0
+
+
 def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     """The CLI; with ``plugin_flags``, ``run`` also takes the installed plugins' settings."""
     parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
@@ -348,6 +362,25 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     run_nb.add_argument("--env-source", default="auto")
     run_nb.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
     run_nb.set_defaults(func=_execute)
+
+    spec = sub.add_parser("kernelspec", help="a Jupyter kernelspec whose kernels come from the daemon")
+    spec_sub = spec.add_subparsers(dest="kernelspec_command", required=True)
+    install = spec_sub.add_parser(
+        "install", help="install it, so JupyterLab, nbclient and papermill get runtimed's kernels")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true",
+                       help="into your Jupyter data dir (default: this environment's sys.prefix)")
+    where.add_argument("--prefix", help="into PREFIX/share/jupyter/kernels")
+    install.add_argument("--name", default="runtimed-python", help="kernelspec name (default runtimed-python)")
+    install.add_argument("--display-name", help="name shown in Jupyter (default 'Python (runtimed)')")
+    install.add_argument("--kernel-type", default="auto",
+                         help="what start_kernel gets (default auto: the daemon's default kernel)")
+    install.add_argument("--env-source", default="prewarmed",
+                         help="what start_kernel gets (default prewarmed: a hot kernel when ready)")
+    install.add_argument("--language", default="python", help="the spec's language (default python)")
+    install.add_argument("--socket", help="always use the daemon on this socket "
+                                          "(default: the one clients find, RUNTIMED_SOCKET_PATH)")
+    install.set_defaults(func=_kernelspec_install)
 
     for name, func, doc, has_json in (
         ("status", _status, "pool counts", True),
