@@ -12,7 +12,7 @@ import time
 import pytest
 
 from runtimed import PluginError
-from runtimed.errors import KernelDied, KernelLaunchFailed
+from runtimed.errors import InvalidRequest, KernelDied, KernelLaunchFailed
 from runtimed.testing import Background, wait_until
 from runtimed_gateway_kernel.testing import TOKEN, Gateway, Proxy, gateway_env
 
@@ -41,6 +41,8 @@ def test_cells_run_on_the_gateway(any_gateway_daemon, any_gateway):
         assert s.kernel_status()["kernel_type"] == "gateway:python3"
         [kernel] = any_gateway.kernels()  # it runs there
         assert kernel["name"] == "python3"
+        with pytest.raises(InvalidRequest, match="not reached over ZMQ"):
+            s.connection_info()  # nothing for a local Jupyter client to connect to
         hello = s.run("import os; print('hello'); 6 * 7")
         assert hello.success and hello.stdout == "hello\n"
         assert hello.outputs[-1].data == {"text/plain": "42"}
