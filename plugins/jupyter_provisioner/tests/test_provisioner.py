@@ -142,7 +142,7 @@ def test_the_kernel_is_the_daemons_while_in_use_and_given_back(jupyter_path,
         rows = [r for r in client.list_rooms() if r["notebook_id"] == f"jupyter-{kernel_id}"]
         return rows[0] if rows else None
 
-    async def use() -> None:
+    async def use() -> str:
         km = AsyncKernelManager(kernel_name="runtimed-python")
         await km.start_kernel()
         kc = km.client()
@@ -179,9 +179,12 @@ def test_the_kernel_is_the_daemons_while_in_use_and_given_back(jupyter_path,
         row = room(km.kernel_id)
         assert row is None or (not row["has_kernel"] and row["active_peers"] == 0)
         assert not await km.is_alive()
+        return km.kernel_id
 
-    asyncio.run(use())
-    assert "kernel died" not in runtimed_daemon.log().lower()  # every exit was one it expected
+    kernel_id = asyncio.run(use())
+    deaths = [line for line in runtimed_daemon.log().splitlines()
+              if f"jupyter-{kernel_id}" in line and "died" in line]
+    assert deaths == []  # every exit of its kernels was one the daemon expected
 
 
 def test_jupyter_execute_with_the_kernelspec(jupyter_path, tmp_path: Path):

@@ -78,7 +78,7 @@ class RuntimedProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         info["key"] = info["key"].encode()  # as jupyter_client keeps it
         self._exit_code = None
         self.connection_info = info
-        self.log.info("runtimed kernel for %s: %s in room %s", self.kernel_id,
+        self.log.debug("runtimed kernel for %s: %s in room %s", self.kernel_id,
                       session.env_source, self.notebook_id)
         return info
 
