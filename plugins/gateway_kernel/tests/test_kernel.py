@@ -95,6 +95,20 @@ def test_restart_goes_through_the_gateway(any_gateway_daemon, any_gateway):
         assert s.kernel_status()["lifecycle"] == "running"
 
 
+def test_a_kernel_that_exits_fails_its_cell_though_the_gateway_restarts_it(gateway_daemon,
+                                                                           kernel_gateway):
+    with gateway_daemon.session() as s:
+        s.start_kernel(kernel_type="gateway:python3")
+        s.run("kept = 1")
+        with pytest.raises(KernelDied) as info:
+            s.run("import os; os._exit(3)")
+        assert str(info.value) == (f"The gateway:python3 kernel died: it died, and the gateway at "
+                                   f"{kernel_gateway.url} restarted it (its variables are gone)")
+        wait_until(lambda: kernel_gateway.kernels() == [], "the restarted kernel to be deleted")
+        s.restart_kernel()
+        assert s.run("print('again')").stdout == "again\n"
+
+
 def test_a_wrong_token_fails_naming_the_url_without_retrying(runtimed_daemon_factory,
                                                              kernel_gateway):
     daemon = runtimed_daemon_factory(pool_sizes={"uv": 0}, hot_kernels=0, env={

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Reconnect back-off: first pause, growth factor, longest pause (seconds).
 BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.1, 2.0, 5.0
+#: Pauses before trying a DELETE again that the gateway failed with a server error.
+DELETE_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: Tasks that outlive the call that started them.
+_BACKGROUND: set[asyncio.Future[None]] = set()
 
 
 def _quickack(ws: Any) -> Callable[[], None]:
@@ -170,9 +174,29 @@ class GatewayKernel(KernelHandle):
             timeout = None if self._reason is None else min(self.gateway.request_timeout, 5.0)
             try:
                 await self.client.request("DELETE", self.path, allow=(404,), timeout=timeout)
-            except GatewayError as exc:  # down or refusing: nothing more runtimed can do
-                log.warning("Could not delete gateway kernel %s: %s", self.kernel_id, exc.message)
+            except GatewayError as exc:
+                if (exc.context.get("status") or 0) >= 500:
+                    # e.g. a kernel the gateway is restarting (jupyter_client then fails the
+                    # DELETE): try again shortly, in the background
+                    retry = asyncio.ensure_future(self._delete_again(exc.message))
+                    _BACKGROUND.add(retry)
+                    retry.add_done_callback(_BACKGROUND.discard)
+                else:  # down or refusing: nothing more runtimed can do
+                    log.warning("Could not delete gateway kernel %s: %s", self.kernel_id,
+                                exc.message)
         self._set_gone("stopped by runtimed")
+
+    async def _delete_again(self, problem: str) -> None:
+        for delay in DELETE_RETRIES:
+            await asyncio.sleep(delay)
+            try:
+                await self.client.request("DELETE", self.path, allow=(404,), timeout=10.0)
+                return
+            except GatewayError as exc:
+                problem = exc.message
+                if (exc.context.get("status") or 0) < 500:
+                    break
+        log.warning("Could not delete gateway kernel %s: %s", self.kernel_id, problem)
 
     def lost(self, reason: str) -> None:
         """The kernel is gone for ``reason`` (the gateway's doing, not runtimed's)."""

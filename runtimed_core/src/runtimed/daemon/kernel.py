@@ -290,11 +290,11 @@ class Kernel:
         if not self.alive:
             return False
         self._drop_requests()
-        if not await self.handle.restart():
-            return False
         try:
+            if not await self.handle.restart():
+                return False
             await self._wait_ready()
-        except BaseException:
+        except BaseException:  # it may be half restarted: stop it for good
             await self.kill()
             raise
         return True
