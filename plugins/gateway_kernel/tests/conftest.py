@@ -27,6 +27,19 @@ def gateway_venvs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], P
 
 
 @pytest.fixture(scope="session")
+def runtimed_gateway_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Kernel Gateway venv with runtimed and its Jupyter provisioner installed (from this
+    checkout): a jupyter_server, as JupyterLab runs one, that can serve `runtimed-python`."""
+    import runtimed
+    import runtimed_jupyter_provisioner
+
+    core = Path(runtimed.__file__).parents[2]
+    provisioner = Path(runtimed_jupyter_provisioner.__file__).parents[2]
+    return build_venv(tmp_path_factory.mktemp("kg-runtimed"), PACKAGES["kernel_gateway"],
+                      str(core), str(provisioner))
+
+
+@pytest.fixture(scope="session")
 def gateway_kernelspecs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Jupyter data dir for the gateways: ``remote-py``, a Python kernelspec only they have."""
     data = tmp_path_factory.mktemp("gateway-jupyter")

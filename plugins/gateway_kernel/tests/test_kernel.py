@@ -275,3 +275,41 @@ def test_a_kernel_the_gateway_culls_fails_with_a_clear_error(runtimed_daemon_fac
             s.run("x")
         s.restart_kernel()  # a new kernel
         assert s.run("print('new')").stdout == "new\n"
+
+
+def test_a_jupyter_server_serving_runtimed_python(runtimed_daemon, runtimed_gateway_venv,
+                                                   runtimed_daemon_factory, tmp_path):
+    """Both halves at once: a Kernel Gateway (jupyter_server, as JupyterLab runs it) whose
+    `runtimed-python` kernels come from one daemon, used by another daemon's gateway launcher.
+    The restart hands out a kernel on new ports: the launcher connects its WebSocket again."""
+    done = subprocess.run([str(runtimed_gateway_venv / "bin" / "runtimed"), "kernelspec", "install",
+                           "--prefix", str(tmp_path / "prefix"), "--socket",
+                           str(runtimed_daemon.socket_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    gateway = Gateway("kernel_gateway", runtimed_gateway_venv, tmp_path,
+                      jupyter_path=tmp_path / "prefix" / "share" / "jupyter").start()
+    try:
+        runtimed_daemon.wait_for_pool(1)
+        daemon = runtimed_daemon_factory(pool_sizes={"uv": 0}, hot_kernels=0,
+                                         env=gateway_env(gateway))
+        kernels = runtimed_daemon.client()
+
+        def rooms() -> list[dict]:
+            return [r for r in kernels.list_rooms() if r["notebook_id"].startswith("jupyter-")
+                    and r["has_kernel"]]
+
+        before = {r["notebook_id"] for r in rooms()}
+        with daemon.session() as s:
+            s.start_kernel(kernel_type="gateway:runtimed-python")
+            s.run("kept = 1")
+            [room] = [r for r in rooms() if r["notebook_id"] not in before]
+            assert room["notebook_id"] == f"jupyter-{gateway.kernels()[0]['id']}"
+            assert room["env_source"] == "uv:prewarmed"
+            s.restart_kernel()
+            assert s.run("kept").error.ename == "NameError"
+            assert s.run("print('on runtimed')").stdout == "on runtimed\n"
+        wait_until(lambda: room["notebook_id"] not in {r["notebook_id"] for r in rooms()},
+                   "the kernel to be given back")
+    finally:
+        gateway.stop()

@@ -145,6 +145,10 @@ class GatewayKernel(KernelHandle):
             self.lost(f"{self.where} no longer has it (kernel {self.kernel_id})")
             raise GatewayError(f"Could not restart the gateway kernel {self.kernel_id}: "
                                f"{self._reason}", url=self.gateway.url, status=404)
+        if self._channels is not None:
+            # the restarted kernel may listen on other ports (a remote kernel, or one whose
+            # provisioner hands out new ones): the gateway connects a new WebSocket to them
+            await self._channels.reconnect()
         return True
 
     async def shutdown(self) -> bool:
@@ -229,6 +233,7 @@ class GatewayChannels(KernelChannels):
         self._task: asyncio.Task[None] | None = None
         self._ws: Any = None
         self._closing: set[asyncio.Future[Any]] = set()
+        self._again = False  # reconnect at once (runtimed closed the connection on purpose)
         self.connections = 0  # how many times the WebSocket was (re)opened
 
     def open(self, deliver: Deliver) -> None:
@@ -242,6 +247,13 @@ class GatewayChannels(KernelChannels):
         self._outbox.append(frame)  # sent as soon as the WebSocket is up (in order)
         self._wake.set()
         return msg_id
+
+    async def reconnect(self) -> None:
+        """Close the WebSocket; the connection loop opens a new one at once."""
+        ws = self._ws
+        if ws is not None:
+            self._again = True
+            await ws.close()
 
     def close(self) -> None:
         self._deliver = None
@@ -263,6 +275,9 @@ class GatewayChannels(KernelChannels):
             problem = await self._connect_and_pump()
             if not kernel.is_alive() or self._deliver is None:
                 return
+            if problem is None and self._again:
+                self._again = False
+                continue
             if problem is None:  # it was up, then dropped: start counting again
                 down_since, delay = None, BACKOFF_FIRST
                 problem = "the connection closed"

@@ -42,13 +42,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_venv(root: Path, package: str) -> Path:
+def build_venv(root: Path, *packages: str) -> Path:
     from uv import find_uv_bin
 
     uv, venv = find_uv_bin(), root / "venv"
     python = venv / "bin" / "python"
     for argv in ([uv, "venv", str(venv), "--python", sys.executable, "--quiet"],
-                 [uv, "pip", "install", "--python", str(python), "--quiet", package, "ipykernel"]):
+                 [uv, "pip", "install", "--python", str(python), "--quiet", *packages,
+                  "ipykernel"]):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
                               stdin=subprocess.DEVNULL, check=False)
         assert done.returncode == 0, f"{argv} failed:\n{done.stdout}\n{done.stderr}"
