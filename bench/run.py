@@ -43,7 +43,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "memory",
-             "conda_memory", "pool", "restart")
+             "conda_memory", "pool", "restart", "jupyter", "gateway")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
 POOL_PACKAGES = ("ipykernel", "ipywidgets")
@@ -65,6 +65,8 @@ TARGETS = {
     "file_open": "<= 2x nbformat.read",
     "file_save": "<= 2x nbformat.write",
     "execute": "<= 0.25x jupyter execute",
+    "nbclient": "<= 0.3x python3",
+    "gateway_roundtrip": "<= 2x a plain WebSocket client",
 }
 
 
@@ -1393,6 +1395,184 @@ def scenario_restart(b: Bench) -> dict[str, Any]:
     return res
 
 
+def scenario_jupyter(b: Bench) -> dict[str, Any]:
+    """nbclient runs a one-cell notebook start to end (NotebookClient.execute(), in this process):
+    with the `runtimed-python` kernelspec (runtimed's provisioner, a hot kernel) vs a plain
+    `python3`-style kernelspec of the baseline env, alternating run by run."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat import v4
+
+    runs = 3 if b.quick else 7
+    res: dict[str, Any] = {"runs": runs, "warmups": 1, "interleaved": True}
+    folder = b.root / "jupyter"
+    data = folder / "data"
+    (data / "kernels").mkdir(parents=True)
+    (data / "kernels" / KERNEL_NAME).symlink_to(b.specs_dir / KERNEL_NAME)
+    nb = v4.new_notebook()
+    nb.cells = [v4.new_code_cell("print('hello')")]
+
+    def execute(kernel_name: str) -> float:
+        copy = nbformat.from_dict(json.loads(json.dumps(nb)))
+        t0 = time.perf_counter()
+        with watchdog(120, f"nbclient with {kernel_name}"):
+            NotebookClient(copy, kernel_name=kernel_name, timeout=60,
+                           resources={"metadata": {"path": str(folder)}}).execute()
+        took = time.perf_counter() - t0
+        assert copy.cells[0].outputs[0]["text"] == "hello\n", copy.cells[0].outputs
+        return took
+
+    jc, rt = Side(res, "jupyter_client", b), Side(res, "runtimed", b)
+    jc_times: list[float] = []
+    rt_times: list[float] = []
+    old_path = os.environ.get("JUPYTER_PATH")
+    with rt as out, b.daemon("jupyter", uv_pool_size=1, hot_kernels=1) as daemon:
+        subprocess.run([sys.executable, "-m", "runtimed", "kernelspec", "install", "--prefix",
+                        str(folder / "prefix"), "--socket", str(daemon.socket_path)],
+                       check=True, capture_output=True, timeout=60)
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            [str(folder / "prefix" / "share" / "jupyter"), str(data)])
+        try:
+            for _ in range(1 + runs):
+                with jc:
+                    jc_times.append(execute(KERNEL_NAME))
+                b.wait_hot(daemon)
+                rt_times.append(execute("runtimed-python"))
+        finally:
+            if old_path is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old_path
+        out["execute"] = summary(rt_times[1:])
+        out["first_run"] = rt_times[0]  # includes importing runtimed in this process
+    if len(jc_times) > 1:
+        res["jupyter_client"]["execute"] = summary(jc_times[1:])
+    return res
+
+
+def _ws_roundtrips(url: str, token: str, n: int, quickack: bool) -> list[float]:
+    """x=1 round trips (execute_request to its reply and idle) over a gateway kernel's channels
+    WebSocket with the websockets library, as a plain client does (``quickack``: with
+    TCP_QUICKACK re-armed after every frame, as runtimed's gateway launcher does)."""
+    import asyncio
+    import socket
+    import urllib.request
+
+    from websockets.asyncio.client import connect
+
+    headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+
+    def rest(method: str, path: str, body: Any = None) -> Any:
+        req = urllib.request.Request(url + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            text = resp.read()
+            return json.loads(text) if text else None
+
+    session = uuid.uuid4().hex
+
+    def message(msg_type: str, content: dict[str, Any]) -> tuple[str, str]:
+        msg_id = uuid.uuid4().hex
+        return msg_id, json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": msg_type, "session": session,
+                       "username": "bench", "version": "5.3",
+                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat()},
+            "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"})
+
+    async def run() -> list[float]:
+        kernel = rest("POST", "/api/kernels", {"name": "python3"})
+        ws_url = "ws" + url[len("http"):] + f"/api/kernels/{kernel['id']}/channels?session_id={session}"
+        times = []
+        try:
+            async with connect(ws_url, additional_headers=headers, max_size=None,
+                               compression=None) as ws:
+                sock = ws.transport.get_extra_info("socket")
+
+                def arm() -> None:
+                    if quickack:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+                arm()
+                msg_id, frame = message("kernel_info_request", {})
+                await ws.send(frame)
+                while json.loads(await ws.recv())["header"]["msg_type"] != "kernel_info_reply":
+                    arm()
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    msg_id, frame = message("execute_request", {
+                        "code": "x=1", "silent": False, "store_history": True,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": False})
+                    await ws.send(frame)
+                    replied = idle = False
+                    while not (replied and idle):
+                        msg = json.loads(await ws.recv())
+                        arm()
+                        if msg["parent_header"].get("msg_id") != msg_id:
+                            continue
+                        replied = replied or msg["header"]["msg_type"] == "execute_reply"
+                        idle = idle or (msg["header"]["msg_type"] == "status"
+                                        and msg["content"]["execution_state"] == "idle")
+                    times.append(time.perf_counter() - t0)
+        finally:
+            rest("DELETE", f"/api/kernels/{kernel['id']}")
+        return times
+
+    return asyncio.run(run())
+
+
+def scenario_gateway(b: Bench) -> dict[str, Any]:
+    """A trivial cell (x=1) through a real Jupyter Kernel Gateway on 127.0.0.1: runtimed's gateway
+    launcher (session.run and execute_cell, 100 runs each) vs a plain websocket client of the same
+    gateway (the baseline), and the plain client with TCP_QUICKACK (information)."""
+    from runtimed_gateway_kernel.testing import Gateway
+
+    n = 30 if b.quick else 100
+    res: dict[str, Any] = {"runs": n, "warmups": 5}
+    venv = b.root / "gateway-venv"
+    uv_bin = find_uv()
+    env = {**os.environ, **b.uv_env}
+    for argv in ([uv_bin, "venv", "--quiet", "--python", sys.executable, str(venv)],
+                 [uv_bin, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+                  "jupyter_kernel_gateway", "ipykernel"]):
+        subprocess.run(argv, env=env, check=True, capture_output=True, timeout=900)
+    (b.root / "gateway").mkdir()
+    gateway = Gateway("kernel_gateway", venv, b.root / "gateway").start()
+    try:
+        with Side(res, "jupyter_client", b) as out:
+            times = _ws_roundtrips(gateway.url, gateway.token, 5 + n, quickack=False)
+            out["run"] = summary(times[5:])
+            times = _ws_roundtrips(gateway.url, gateway.token, 5 + n, quickack=True)
+            out["run_quickack"] = summary(times[5:])
+        gw_env = {"RUNTIMED_GATEWAY_URL": gateway.url, "RUNTIMED_GATEWAY_TOKEN": gateway.token}
+        with Side(res, "runtimed", b) as out, b.daemon("gateway", uv_pool_size=0, hot_kernels=0,
+                                                       env=gw_env) as daemon:
+            import runtimed
+
+            s = runtimed.Session(socket_path=daemon.socket_path)
+            try:
+                t0 = time.perf_counter()
+                s.start_kernel(kernel_type="gateway:python3")
+                out["start_kernel"] = time.perf_counter() - t0
+                runs = []
+                for _ in range(5 + n):
+                    t0 = time.perf_counter()
+                    rt_check(s.run("x=1"), "x=1")
+                    runs.append(time.perf_counter() - t0)
+                out["run"] = summary(runs[5:])
+                cell = s.create_cell("x=1")
+                runs = []
+                for _ in range(5 + n):
+                    t0 = time.perf_counter()
+                    rt_check(s.execute_cell(cell), "x=1")
+                    runs.append(time.perf_counter() - t0)
+                out["execute_cell"] = summary(runs[5:])
+            finally:
+                close_session(s)
+    finally:
+        gateway.stop()
+    return res
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "start": scenario_start,
     "roundtrip": scenario_roundtrip,
@@ -1405,6 +1585,8 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "conda_memory": scenario_conda_memory,
     "pool": scenario_pool,
     "restart": scenario_restart,
+    "jupyter": scenario_jupyter,
+    "gateway": scenario_gateway,
 }
 
 
@@ -1588,6 +1770,15 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     if "restart" in scen:
         timed("restart -> result of 1+1 (median)", scen["restart"], ("total",), target=TARGETS["restart"],
               limit=0.7)
+    if "jupyter" in scen:
+        timed("nbclient, one-cell notebook, start to end: runtimed-python vs python3 (median)",
+              scen["jupyter"], ("execute",), target=TARGETS["nbclient"], jc_limit_ratio=0.3)
+    if "gateway" in scen:
+        r = scen["gateway"]
+        timed("x=1 through a Kernel Gateway, p50: gateway launcher (session.run) vs a plain "
+              "WebSocket client", r, ("run",), target=TARGETS["gateway_roundtrip"], jc_limit_ratio=2)
+        timed("x=1 through a Kernel Gateway, p50: execute_cell vs the plain client with TCP_QUICKACK",
+              r, ("execute_cell",), jc_path=("run_quickack",))
     return rows
 
 

@@ -359,6 +359,20 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kernelspec_install(args: argparse.Namespace) -> int:
+    from runtimed import kernelspec
+
+    spec: dict[str, Any] = {"kernel_type": args.kernel_type, "env_source": args.env_source,
+                            "language": args.language, "socket_path": args.socket}
+    if args.display_name:
+        spec["display_name"] = args.display_name
+    target = kernelspec.install(args.name, user=args.user, prefix=args.prefix, **spec)
+    print(target)
+    print(f"installed the Jupyter kernelspec {args.name!r}: its kernels come from the runtimed "
+          f"daemon (e.g. jupyter execute --kernel_name={args.name} NB.ipynb)", file=sys.stderr)
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     from runtimed import configfile
     from runtimed.config import check_file, effective
@@ -467,6 +481,25 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     view.add_argument("--no-browser", action="store_true", help="only print the address")
     view.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
     view.set_defaults(func=_open)
+
+    spec = sub.add_parser("kernelspec", help="a Jupyter kernelspec whose kernels come from the daemon")
+    spec_sub = spec.add_subparsers(dest="kernelspec_command", required=True)
+    install = spec_sub.add_parser(
+        "install", help="install it, so JupyterLab, nbclient and papermill get runtimed's kernels")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true",
+                       help="into your Jupyter data dir (default: this environment's sys.prefix)")
+    where.add_argument("--prefix", help="into PREFIX/share/jupyter/kernels")
+    install.add_argument("--name", default="runtimed-python", help="kernelspec name (default runtimed-python)")
+    install.add_argument("--display-name", help="name shown in Jupyter (default 'Python (runtimed)')")
+    install.add_argument("--kernel-type", default="auto",
+                         help="what start_kernel gets (default auto: the daemon's default kernel)")
+    install.add_argument("--env-source", default="prewarmed",
+                         help="what start_kernel gets (default prewarmed: a hot kernel when ready)")
+    install.add_argument("--language", default="python", help="the spec's language (default python)")
+    install.add_argument("--socket", help="always use the daemon on this socket "
+                                          "(default: the one clients find, RUNTIMED_SOCKET_PATH)")
+    install.set_defaults(func=_kernelspec_install)
 
     for name, func, doc, has_json in (
         ("status", _status, "the daemon's version and pools (never starts one)", True),

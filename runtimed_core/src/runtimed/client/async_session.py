@@ -305,7 +305,8 @@ class AsyncSession:
     # kernel ------------------------------------------------------------------------------------------
     async def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",
                            notebook_path: str | None = None, *,
-                           on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+                           on_progress: Callable[[dict[str, Any]], None] | None = None,
+                           cwd: str | os.PathLike[str] | None = None) -> None:
         """Start the room's kernel, or join the one already running. Connects if needed.
 
         ``kernel_type="auto"`` (the default) starts what the notebook's kernelspec
@@ -316,13 +317,16 @@ class AsyncSession:
         Building an environment can take a while; ``on_progress(kernel)`` is called
         with the runtime-state kernel record (``lifecycle``, ``progress``...) each time
         it changes meanwhile.
+
+        A notebook with no file runs in ``cwd`` (default: this process's working directory).
         """
         if not self._connected():
             await self.connect()
         self._progress_listener, self._progress_seen = on_progress, (None, None)
         try:
             result = await self._request("start_kernel", kernel_type=kernel_type, env_source=env_source,
-                                         notebook_path=notebook_path, cwd=os.getcwd())
+                                         notebook_path=notebook_path,
+                                         cwd=os.fspath(cwd) if cwd is not None else os.getcwd())
             await self._sync_state(result)
         finally:
             self._progress_listener = None
@@ -346,6 +350,13 @@ class AsyncSession:
         """Stop the room's kernel. ``wait=False`` returns once no kernel runs for the room (the
         process ends, and its environment goes back, in the background)."""
         await self._sync_state(await self._request("shutdown_kernel", wait=wait))
+
+    async def connection_info(self) -> dict[str, Any]:
+        """The running kernel's Jupyter connection info (``transport``, ``ip``, the ports,
+        ``key``, ``signature_scheme``), for another Jupyter client to talk to the kernel
+        directly. :class:`NoKernel` if none runs; :class:`InvalidRequest` for a kernel that
+        is not reached over ZMQ (a gateway's)."""
+        return (await self._request("connection_info"))["connection_info"]
 
     async def restart_kernel(self) -> None:
         """Replace the kernel process; queued and running cells fail as restarted."""

@@ -100,10 +100,15 @@ class Session:
 
     def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",
                      notebook_path: str | None = None, *,
-                     on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+                     on_progress: Callable[[dict[str, Any]], None] | None = None,
+                     cwd: str | os.PathLike[str] | None = None) -> None:
         """See :meth:`AsyncSession.start_kernel` (``on_progress`` runs on the loop thread)."""
         _LoopThread.run(self._async.start_kernel(kernel_type, env_source, notebook_path,
-                                                 on_progress=on_progress))
+                                                 on_progress=on_progress, cwd=cwd))
+
+    def connection_info(self) -> dict[str, Any]:
+        """See :meth:`AsyncSession.connection_info`."""
+        return _LoopThread.run(self._async.connection_info())
 
     def interrupt(self) -> None:
         _LoopThread.run(self._async.interrupt())

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from runtimed.errors import KernelLaunchFailed, ProtocolError
 from runtimed.kernel_handles import Deliver, KernelChannels, KernelHandle
 from runtimed.launchers import KernelLauncher, LaunchContext
@@ -230,8 +231,11 @@ class Kernel:
         code = self.handle.exit_code
         if code is not None:
             msg += f" (exit code {code})"
+        reason = self.handle.exit_reason
+        if reason:
+            msg += f": {reason}"
         tail = self.handle.log_tail()
-        return msg + (f". Its stderr ends with:\n{tail}" if tail else ".")
+        return msg + (f". Its stderr ends with:\n{tail}" if tail else "" if reason else ".")
 
     # messaging ------------------------------------------------------------------------------------
     def _deliver(self, channel: str, msg: dict[str, Any]) -> None:
@@ -289,13 +293,39 @@ class Kernel:
             await self.handle.interrupt()
 
     async def shutdown(self) -> None:
-        """Ask the kernel to exit; kill it if it has not after a short grace period."""
+        """Ask the kernel to exit (the handle's own way if it has one); kill it if it has not
+        after a short grace period."""
         if self.alive:
             self._closing = True
-            self.request("control", "shutdown_request", {"restart": False})
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.exited), SHUTDOWN_GRACE)
+            if not await self.handle.shutdown():
+                self.request("control", "shutdown_request", {"restart": False})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.exited), SHUTDOWN_GRACE)
         await self.kill()
+
+    async def restart_in_place(self) -> bool:
+        """Restart the kernel through its handle (:meth:`KernelHandle.restart`), keeping this
+        object and its channels; False if the handle cannot (the caller kills the kernel and
+        launches another). Pending requests are dropped first either way, so nothing the old
+        kernel still sends reaches the executions they belonged to."""
+        if not self.alive:
+            return False
+        self._drop_requests()
+        try:
+            if not await self.handle.restart():
+                return False
+            await self._wait_ready()
+        except BaseException:  # it may be half restarted: stop it for good
+            await self.kill()
+            raise
+        return True
+
+    def _drop_requests(self) -> None:
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.cancel()
+        self._replies.clear()
+        self._iopub_handlers.clear()
 
     async def kill(self) -> None:
         """Stop the kernel now and release channels and files; idempotent."""
@@ -307,11 +337,7 @@ class Kernel:
         if not self.exited.done():
             self.exited.set_result(self.handle.exit_code)
         self.channels.close()
-        for fut in self._replies.values():
-            if not fut.done():
-                fut.cancel()
-        self._replies.clear()
-        self._iopub_handlers.clear()
+        self._drop_requests()
         await self.handle.cleanup()
 
     async def _watch(self) -> None:
@@ -323,6 +349,12 @@ class Kernel:
     @property
     def pid(self) -> int | None:
         return self.handle.pid
+
+    @property
+    def zmq_connection_info(self) -> dict[str, Any] | None:
+        """Where another Jupyter client reaches this kernel (a connection file's fields, the key
+        included), or None for a kernel whose messages do not travel over ZMQ."""
+        return dict(self.handle.connection_info) if isinstance(self.channels, ZmqChannels) else None
 
     @property
     def alive(self) -> bool:

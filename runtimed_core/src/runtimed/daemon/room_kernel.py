@@ -21,7 +21,7 @@ from runtimed.daemon.host import RoomHost
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import KernelRequest, Lease, Provisioner
 from runtimed.document.runtime_state import LIFECYCLES, read_kernel
-from runtimed.errors import NoKernel, RuntimedError
+from runtimed.errors import InvalidRequest, NoKernel, RuntimedError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,21 @@ class RoomKernel:
             "kernel_error": record.get("error"),
             "connection_file": record.get("connection_file") if alive else None,
         }
+
+    def connection_info(self) -> dict[str, Any]:
+        """The running kernel's Jupyter connection info, for another Jupyter client (a kernel
+        provisioner) to talk to it directly. NoKernel if none runs; InvalidRequest for a kernel
+        that is not reached over ZMQ (a gateway's)."""
+        runner = self.runner
+        if runner is None or not runner.alive:
+            raise NoKernel("No kernel is running. Call start_kernel() first.",
+                           notebook_id=self.host.notebook_id)
+        info = runner.lease.kernel.zmq_connection_info
+        if info is None:
+            raise InvalidRequest(f"The {runner.kernel_type} kernel is not reached over ZMQ: it has "
+                                 "no connection info for other Jupyter clients",
+                                 notebook_id=self.host.notebook_id)
+        return info
 
     def _progress(self, phase: str, message: str) -> None:
         fields: dict[str, Any] = {"progress": message}

@@ -414,6 +414,8 @@ class Connection:
         if kind == "shutdown_kernel":
             await room.kernel.shutdown(wait=req.get("wait", True) is not False)
             return _heads(room)
+        if kind == "connection_info":
+            return {"connection_info": room.kernel.connection_info()}
         if kind == "save":
             old = room.file.path if room.file is not None else None
             target = req.get("path")
