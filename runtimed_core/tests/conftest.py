@@ -14,9 +14,12 @@ import pytest
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless Chromium; the test is skipped, saying why, on a machine without one."""
+    """A headless Chromium; the test is skipped, saying why, on a machine without one.
+
+    Per module: Playwright's sync API keeps an event loop running in this thread while it is
+    open, and later tests that call asyncio.run() would fail."""
     if CHROMIUM is None:
         pytest.skip("no Chromium on this machine (apt-get install -y chromium; CI installs it)")
     from playwright.sync_api import sync_playwright

@@ -18,7 +18,7 @@ import pytest
 import runtimed
 from runtimed.protocol.jupyter import JupyterCodec
 from runtimed.testing import wait_until
-from runtimed.web.sidecar import KernelOutputs
+from runtimed.web.sidecar import KernelOutputs, Shown
 
 ROOT = Path(__file__).parents[2]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAFklEQVR4nGP8z8DwnwEKmBiQAAMDAD0AAv8LE4CdAAAAAElFTkSuQmCC"
@@ -66,7 +66,7 @@ def test_the_page_gets_a_snapshot_then_only_what_changed():
     outputs = KernelOutputs()
     outputs.handle(message("execute_input", {"code": "a"}, parent="a"))
     outputs.handle(message("execute_input", {"code": "b"}, parent="b"))
-    sent: dict[str, int] = {}
+    sent = Shown()
     first = json.loads(outputs.page_message("t", "python3", sent))
     assert first["type"] == "snapshot" and first["order"] == ["a", "b"] and set(first["cells"]) == {"a", "b"}
     assert outputs.page_message("t", "python3", sent) is None, "nothing new, nothing sent"
