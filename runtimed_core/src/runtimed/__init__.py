@@ -11,10 +11,12 @@ Quick start::
 """
 
 from runtimed.client.async_session import AsyncDaemonClient, AsyncSession
+from runtimed.client.events import ExecutionEvent
 from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import (
-    CellNotFound, DaemonUnavailable, EnvironmentFailed, ExecutionTimeout, InvalidRequest, KernelDied,
+    CellNotFound, DaemonUnavailable, EnvironmentFailed, ExecutionNotFound, ExecutionTimeout,
+    InvalidRequest, KernelDied,
     KernelError, KernelLaunchFailed, NoKernel, NotConnected, NotebookFileError, PluginError, ProtocolError,
     RuntimedError,
 )
@@ -23,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "DaemonClient", "DaemonUnavailable",
-    "EnvironmentFailed", "ExecutionResult", "ExecutionTimeout", "InvalidRequest", "KernelDied",
+    "EnvironmentFailed", "ExecutionEvent", "ExecutionNotFound", "ExecutionResult", "ExecutionTimeout",
+    "InvalidRequest", "KernelDied",
     "KernelError", "KernelLaunchFailed", "NoKernel", "NotConnected", "NotebookFileError", "Output",
     "PluginError", "ProtocolError", "RuntimedError", "Session",
 ]

@@ -15,7 +15,8 @@ from typing import Any
 
 from runtimed import paths
 from runtimed.config import DaemonConfig
-from runtimed.daemon import runtime_dir
+from runtimed.daemon import agent_requests, runtime_dir
+from runtimed.daemon.execution_store import ExecutionStore
 from runtimed.daemon.nbformat_worker import NbformatWorker
 from runtimed.daemon.notebook_file import resolve as resolve_notebook
 from runtimed.daemon.plugin_sinks import PluginSinks
@@ -50,6 +51,8 @@ class Daemon:
             raise
         self.sinks = PluginSinks([(plugin, cls(config)) for plugin, cls in self.registry.sinks])
         self.files = NbformatWorker()
+        #: Finished executions, kept on disk for get_result(execution_id).
+        self.results = ExecutionStore(config.state_dir / "executions")
         self.rooms: dict[str, Room] = {}
         #: File-backed rooms by their file (a room saved under another name moves here).
         self.file_rooms: dict[Path, Room] = {}
@@ -87,6 +90,7 @@ class Daemon:
             paths.private_dir(sock.parent)
         self._acquire_lock()
         await asyncio.to_thread(runtime_dir.sweep)  # kernels and files a killed daemon left
+        await self.results.start()
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,6 +129,7 @@ class Daemon:
                              return_exceptions=True)
         self.rooms.clear()
         self.file_rooms.clear()
+        await self.results.close()
         await self.provisioner.stop()
         await self.files.close()
         with contextlib.suppress(FileNotFoundError):
@@ -141,7 +146,7 @@ class Daemon:
         if room is None or room.closed:
             room = self.rooms[notebook_id] = Room(
                 notebook_id, config=self.config, provisioner=self.provisioner, sinks=self.sinks,
-                on_idle=self.evict, files=self.files)
+                on_idle=self.evict, files=self.files, results=self.results)
         return room
 
     async def file_room(self, path: Path, *, create: bool = False) -> Room:
@@ -216,6 +221,9 @@ class Daemon:
             from runtimed.plugins import describe_plugins
 
             return describe_plugins(self.pm)
+        if kind == "get_result":
+            return await agent_requests.get_result(list(self.rooms.values()), self.results,
+                                                   req.get("execution_id"))
         raise ProtocolError(f"Unknown pool request {kind!r}")
 
     def _new_connection(self) -> FramedProtocol:
@@ -247,6 +255,8 @@ class Connection:
         self._early: list[bytes] = []
         self._snapshot = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The executions this client follows (stream events, stdin).
+        self.links = agent_requests.Links(self.proto)
 
     def _error_payload(self, exc: ProtocolError) -> bytes:
         body = dumps(fail(None, error_to_wire(exc)))
@@ -259,6 +269,7 @@ class Connection:
             log.debug("A %s connection closed", self.channel)
         if self.room is not None and self.peer is not None:
             self.room.remove_peer(self.peer)
+        self.links.closed()
         for task in self._tasks:
             task.cancel()
 
@@ -404,6 +415,10 @@ class Connection:
             return _heads(room)
         if kind == "ping":
             return {"pong": True}
+        if kind in agent_requests.NOTEBOOK_KINDS:
+            return await agent_requests.notebook_request(
+                kind, req, room=room, links=self.links, provisioner=self.daemon.provisioner,
+                rooms=list(self.daemon.rooms.values()), store=self.daemon.results)
         raise ProtocolError(f"Unknown request {kind!r}")
 
     async def _execute(self, room: Room, req: dict[str, Any]) -> dict[str, Any]:
@@ -417,7 +432,17 @@ class Connection:
                 cell_id=cell_id,
             )
         runner = await room.kernel.runner_for(auto_start=bool(req.get("auto_start", True)))
-        ex = runner.queue_cell(cell_id, cell.source)
+        link = self.links.link_for(req)  # a client that follows it: events, stdin
+        try:
+            ex = runner.queue_cell(cell_id, cell.source, observer=link,
+                                   stdin=link.stdin if link is not None and req.get("stdin") else None)
+        except BaseException:
+            if link is not None:
+                self.links.done(link)
+            raise
+        if link is not None:
+            link.queued(ex.id, ex.status)
+            ex.done.add_done_callback(lambda _: self.links.done(link))
         if req.get("wait", True):
             await asyncio.shield(ex.done)
         return {"execution_id": ex.id, "status": ex.status, **_heads(room)}

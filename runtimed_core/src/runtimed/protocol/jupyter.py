@@ -44,8 +44,10 @@ class JupyterCodec:
             mac.update(part)
         return mac.hexdigest().encode()
 
-    def message(self, msg_type: str, content: dict[str, Any]) -> tuple[str, list[bytes]]:
-        """A new request: its msg_id and the frames to send on a DEALER socket."""
+    def message(self, msg_type: str, content: dict[str, Any],
+                parent: dict[str, Any] | None = None) -> tuple[str, list[bytes]]:
+        """A new message (``parent``: the header it answers, e.g. an ``input_request``'s):
+        its msg_id and the frames to send on a DEALER socket."""
         self._counter += 1
         msg_id = f"{self.session}_{os.getpid()}_{self._counter}"
         header = {
@@ -53,7 +55,8 @@ class JupyterCodec:
             "username": self.username, "date": datetime.now(timezone.utc).isoformat(),
             "version": PROTOCOL_VERSION,
         }
-        parts = [_dumps(header).encode(), b"{}", b"{}", _dumps(content).encode()]
+        parts = [_dumps(header).encode(), _dumps(parent).encode() if parent else b"{}", b"{}",
+                 _dumps(content).encode()]
         return msg_id, [DELIM, self._sign(parts), *parts]
 
     def parse(self, frames: list[bytes]) -> dict[str, Any]:
