@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import runtimed
 from runtimed.testing import wait_until
 
 pytestmark = pytest.mark.slow
+
+README = Path(__file__).parents[2] / "README.md"
 
 #: 1,000 lines; a pause after line 499 (the first half must arrive during it) and at the end.
 THOUSAND_LINES = (
@@ -55,6 +58,18 @@ def test_stream_delivers_outputs_in_order_as_they_happen(runtimed_session):
     assert done.result.success and done.result.stdout == text
     assert arrived[0][1].execution_id == done.result.execution_id == done.execution_id
     assert arrived[1][1].execution_count == done.result.execution_count
+
+
+def test_the_readme_stream_example(runtimed_daemon, monkeypatch, capsys):
+    monkeypatch.setenv("RUNTIMED_SOCKET_PATH", str(runtimed_daemon.socket_path))
+    section = README.read_text().split("### Streams, results by id, stdin", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md (streams)", "exec"), scope)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == ["queued ", "started "] and printed[-1] == "done "
+    assert "output hi Ada" in printed
+    assert scope["again"] == scope["result"] and scope["result"].stdout == "0\n1\n2\nhi Ada\n"
 
 
 def test_stream_async_errors_and_early_exit(runtimed_daemon):

@@ -27,6 +27,8 @@ from runtimed.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[3]
+README = REPO / "README.md"
 PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAA"
        "AABJRU5ErkJggg==")
 #: The tools of the API (api-next.md "Agents"), plus completion and sync_environment.
@@ -283,6 +285,28 @@ def test_an_agent_adds_a_dependency_and_imports_it(runtimed_daemon):
             failed = await error(client, "add_dependency", notebook_id=nb, spec="runtimed-no-such-package-xyz")
             assert "runtimed-no-such-package-xyz" in failed and "The change was undone" in failed
             assert text(await call(client, "get_dependencies", notebook_id=nb)) == "six"
+
+    asyncio.run(main())
+
+
+def _readme_mcp_config() -> dict[str, Any]:
+    """The README's stdio registration snippet for MCP clients."""
+    section = README.read_text().split("### The MCP server", 1)[1]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.S)
+    return next(json.loads(b) for b in blocks if '"command"' in b)
+
+
+def test_the_readme_registration_works_as_written(runtimed_daemon):
+    server = _readme_mcp_config()["mcpServers"]["runtimed"]
+    args = [str(REPO) if a == "/absolute/path/to/your/clone" else a for a in server["args"]]
+    assert str(REPO) in args, "the snippet names the clone's path"
+
+    async def main() -> None:
+        env = {"RUNTIMED_SOCKET_PATH": str(runtimed_daemon.socket_path)}
+        async with mcp_client(runtimed_daemon.socket_path, command=[server["command"], *args], env=env) as client:
+            assert TOOLS <= {t.name for t in (await client.list_tools()).tools}
+            nb = (await call(client, "create_notebook")).structured_content["notebook_id"]
+            assert "42" in text(await call(client, "run_code", notebook_id=nb, code="6 * 7"))
 
     asyncio.run(main())
 
