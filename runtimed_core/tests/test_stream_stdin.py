@@ -227,7 +227,11 @@ def test_a_client_that_disconnects_while_its_cell_waits(runtimed_daemon, runtime
     def outputs() -> list[runtimed.Output]:
         return [o for c in s.get_cells() if "waiting?" in c.source for o in c.outputs]
 
-    wait_until(lambda: any(o.output_type == "error" for o in outputs()), "the waiting cell to end")
+    def ended() -> bool:
+        ids = [c.execution_id for c in s.get_cells() if "waiting?" in c.source and c.execution_id]
+        return bool(ids) and s.get_result(ids[0]).status == "error"
+
+    wait_until(ended, "the waiting cell to end")
     assert [o.ename for o in outputs() if o.output_type == "error"] == ["EOFError"]
     assert "disconnected while input() waited" in "".join(o.text or "" for o in outputs())
     assert s.run("print('kernel usable')").stdout == "kernel usable\n"

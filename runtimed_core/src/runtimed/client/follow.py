@@ -29,6 +29,15 @@ STDIN_GRACE = 10.0
 _END = object()
 
 
+class _Ask:
+    """An input request in a stream's queue: answered when the caller reaches it, after the
+    events before it (the prompt shows after the outputs printed before ``input()``)."""
+
+    def __init__(self, request_id: Any, event: dict[str, Any]) -> None:
+        self.request_id = request_id
+        self.event = event
+
+
 class Follower:
     """One followed execution: a queue of its events, and its stdin handler."""
 
@@ -45,10 +54,10 @@ class Follower:
             request_id = event.get("request_id")
             if self.stdin is None:  # never offered: the daemon does not ask (defensive)
                 self.session._send_input_reply(request_id, error="no stdin handler")
-                return
-            task = asyncio.get_running_loop().create_task(self._answer(request_id, event))
-            self.answering[request_id] = task
-            task.add_done_callback(lambda _: self.answering.pop(request_id, None))
+            elif self.events:
+                self.queue.put_nowait(_Ask(request_id, event))
+            else:
+                self.ask(request_id, event)
             return
         if not self.events:
             return
@@ -59,6 +68,12 @@ class Follower:
             self.queue.put_nowait(ExecutionEvent("started", execution_count=event.get("execution_count")))
         elif kind == "queued":
             self.queue.put_nowait(ExecutionEvent("queued", execution_id=event.get("execution_id")))
+
+    def ask(self, request_id: Any, event: dict[str, Any]) -> None:
+        """Call the handler for this input request (in a task of its own)."""
+        task = asyncio.get_running_loop().create_task(self._answer(request_id, event))
+        self.answering[request_id] = task
+        task.add_done_callback(lambda _: self.answering.pop(request_id, None))
 
     async def _answer(self, request_id: Any, event: dict[str, Any]) -> None:
         prompt, password = str(event.get("prompt", "")), bool(event.get("password"))
@@ -128,6 +143,9 @@ async def follow(session: Any, cell_id: str, timeout_secs: float | None,
                                            cell_id=cell_id, notebook_id=session.notebook_id) from None
             if item is _END:
                 break
+            if isinstance(item, _Ask):
+                follower.ask(item.request_id, item.event)
+                continue
             yield item
         result = request.result()  # its error (CellNotFound, KernelDied...) raises here
         yield ExecutionEvent("done", result=session._result_of(cell_id, result["execution_id"]),

@@ -112,7 +112,12 @@ class ZmqChannels(KernelChannels):
 
     def _drain(self, name: str) -> None:
         """Handle the messages waiting on socket ``name`` (ZMQ's FD is edge-triggered, so
-        until none is left; after a batch, the rest waits one loop turn: others get theirs)."""
+        until none is left; after a batch, the rest waits one loop turn: others get theirs).
+
+        Before a stdin message, what IOPub holds is handled first: a kernel flushes its
+        outputs before it asks for input, and the prompt must follow them."""
+        if name == "stdin":
+            self._drain("iopub")
         parse = self.codec.parse
         for _ in range(DRAIN_BATCH):
             sock = self._sockets.get(name)  # a handler may have closed the channels
