@@ -20,7 +20,7 @@ import nbformat
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.types import CallToolResult, ImageContent
+from mcp.types import CallToolResult, ElicitResult, ImageContent
 
 from runtimed.pytest_plugin import DaemonProcess
 from runtimed.testing import wait_until
@@ -41,10 +41,10 @@ TOOLS = {"list_notebooks", "open_notebook", "create_notebook", "get_cells", "get
 
 @contextlib.asynccontextmanager
 async def mcp_client(socket_path: Path, *args: str, env: dict[str, str] | None = None,
-                     command: list[str] | None = None) -> AsyncIterator[ClientSession]:
+                     command: list[str] | None = None, **session: Any) -> AsyncIterator[ClientSession]:
     argv = command or [sys.executable, "-m", "runtimed", "mcp", "--socket", str(socket_path), *args]
     params = StdioServerParameters(command=argv[0], args=argv[1:], env={**os.environ, **(env or {})})
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+    async with stdio_client(params) as (read, write), ClientSession(read, write, **session) as client:
         await client.initialize()
         yield client
 
@@ -169,6 +169,32 @@ def test_interrupt_a_sleeping_cell_and_fetch_results_by_id(runtimed_daemon):
                 "the kernel kept its state"
             await call(client, "restart_kernel", notebook_id=nb)
             assert "NameError" in text(await call(client, "run_code", notebook_id=nb, code="x"))
+
+    asyncio.run(main())
+
+
+def test_a_cells_input_is_asked_of_the_clients_user(runtimed_daemon):
+    asked: list[str] = []
+    replies = [ElicitResult(action="accept", content={"answer": "Ada"}), ElicitResult(action="decline")]
+
+    async def user(context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        return replies.pop(0)
+
+    async def main() -> None:
+        async with mcp_client(runtimed_daemon.socket_path, elicitation_callback=user) as client:
+            nb = (await call(client, "create_notebook")).structured_content["notebook_id"]
+            hello = await call(client, "run_code", notebook_id=nb, code="name = input('name? ')\nprint('hi', name)")
+            assert "hi Ada" in text(hello) and asked == ["The notebook's cell asks for input: name? "]
+            declined = await call(client, "run_code", notebook_id=nb, code="input('again? ')")
+            assert "EOFError" in text(declined) and "'decline' instead of answering" in text(declined)
+            secret = await call(client, "run_code", notebook_id=nb, code="import getpass; getpass.getpass()")
+            assert "EOFError" in text(secret) and "passwords are not asked through MCP" in text(secret)
+            assert len(asked) == 2, "a password is never asked through the client"
+        async with mcp_client(runtimed_daemon.socket_path) as client:  # a client that cannot ask
+            nb = (await call(client, "create_notebook")).structured_content["notebook_id"]
+            assert "StdinNotImplementedError" in text(await call(client, "run_code", notebook_id=nb,
+                                                                 code="input('x')"))
 
     asyncio.run(main())
 

@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 import runtimed
 from runtimed import AsyncDaemonClient, AsyncSession, ExecutionResult, RuntimedError
@@ -46,6 +46,37 @@ NotebookId = Annotated[str, Field(description="The notebook's id, as list_notebo
 CellId = Annotated[str, Field(description="A cell id, as get_cells or create_cell return it")]
 Timeout = Annotated[float, Field(gt=0, le=86400, description="Seconds to wait for the cell to end "
                                  "(it keeps running after: get_result or interrupt)")]
+
+
+class TypedAnswer(BaseModel):
+    """What the user types at a cell's ``input()`` prompt."""
+
+    answer: str = Field(description="The text to type (without the Enter)")
+
+
+def stdin_for(ctx: Context | None) -> Callable[[str, bool], Awaitable[str]] | None:
+    """A cell's ``input()`` answered by the MCP client's user (elicitation), when the client
+    can ask them; None (the cell gets StdinNotImplementedError) when it cannot. A password
+    (``getpass``) is never asked this way: what passes through an MCP client may reach the
+    model, so the cell gets EOFError with a note saying to use a terminal."""
+    try:
+        capabilities = ctx.request_context.session.client_capabilities if ctx is not None else None
+    except (AttributeError, ValueError):
+        return None
+    if capabilities is None or capabilities.elicitation is None:
+        return None
+
+    async def answer(prompt: str, password: bool) -> str:
+        if password:
+            raise PermissionError("passwords are not asked through MCP; run this cell from a "
+                                  "terminal (runtimed exec) or a script with stdin=")
+        assert ctx is not None
+        result = await ctx.elicit(f"The notebook's cell asks for input: {prompt}", TypedAnswer)
+        if result.action != "accept":
+            raise RuntimeError(f"the user chose {result.action!r} instead of answering")
+        return result.data.answer
+
+    return answer
 
 
 class Notebooks:
@@ -147,11 +178,14 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
         return CallToolResult(content=render.result_content(result, max_chars, offset=offset),
                               structured_content=render.result_summary(result))
 
-    async def run_streamed(session: AsyncSession, cell_id: str, timeout_secs: float) -> CallToolResult:
-        """Run a cell; on a timeout, a tool error with its execution id and outputs so far."""
+    async def run_streamed(session: AsyncSession, cell_id: str, timeout_secs: float,
+                           ctx: Context | None = None) -> CallToolResult:
+        """Run a cell (its ``input()`` asked of the client's user, if it can); on a timeout,
+        a tool error with its execution id and outputs so far."""
         execution_id = None
         try:
-            async for event in session.stream(cell_id, timeout_secs=timeout_secs):
+            async for event in session.stream(cell_id, timeout_secs=timeout_secs,
+                                              stdin=stdin_for(ctx)):
                 if event.kind == "queued":
                     execution_id = event.execution_id
                 elif event.kind == "done":
@@ -347,22 +381,24 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
 
     # running ---------------------------------------------------------------------------------------
     @tool()
-    async def execute_cell(notebook_id: NotebookId, cell_id: CellId, timeout_secs: Timeout = 60
-                           ) -> CallToolResult:
+    async def execute_cell(notebook_id: NotebookId, cell_id: CellId, timeout_secs: Timeout = 60,
+                           ctx: Context | None = None) -> CallToolResult:
         """Run a code cell as the notebook has it now and return its outputs (text, images,
-        errors). Starts the notebook's kernel if none runs."""
+        errors). Starts the notebook's kernel if none runs. A cell's input() is asked of
+        your user (MCP elicitation), if your client can."""
         session = await notebooks.get(notebook_id)
         await cell_of(session, cell_id)
-        return await run_streamed(session, cell_id, timeout_secs)
+        return await run_streamed(session, cell_id, timeout_secs, ctx)
 
     @tool()
     async def run_code(notebook_id: NotebookId,
                        code: Annotated[str, Field(description="Code for the notebook's kernel")],
-                       timeout_secs: Timeout = 60) -> CallToolResult:
-        """Add a code cell with code at the end of the notebook, run it, and return its outputs."""
+                       timeout_secs: Timeout = 60, ctx: Context | None = None) -> CallToolResult:
+        """Add a code cell with code at the end of the notebook, run it, and return its outputs
+        (as execute_cell)."""
         session = await notebooks.get(notebook_id)
         cell_id = await session.create_cell(code)
-        return await run_streamed(session, cell_id, timeout_secs)
+        return await run_streamed(session, cell_id, timeout_secs, ctx)
 
     @tool()
     async def run_all(notebook_id: NotebookId, timeout_secs: Annotated[float, Field(
