@@ -51,3 +51,14 @@ def test_a_result_with_its_status_and_a_window_by_offset():
     assert 'get_result(execution_id="exec-1", offset=30)' in window.text
     running = ExecutionResult("c1", False, None, [], execution_id="exec-2", status="running")
     assert render.status_line(running) == "cell c1: still running (execution_id exec-2)"
+
+
+def test_a_cell_as_an_agent_reads_it():
+    from runtimed import Cell
+
+    cell = Cell("c7", "code", "print('x' * 3000)", 4, metadata={"tags": ["parameters"]},
+                outputs=[Output("stream", name="stdout", text="x" * 3000 + "\n")])
+    text = render.cell_text(cell, max_chars=600)
+    assert text.startswith("--- cell c7 (code; execution_count 4; tags parameters) ---\nprint('x' * 3000)")
+    assert "characters cut" in text and 'get_cell(cell_id="c7") shows this cell alone' in text
+    assert render.cell_text(cell, outputs=False).endswith("print('x' * 3000)")

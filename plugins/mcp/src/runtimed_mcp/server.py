@@ -278,6 +278,7 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
         per_cell = max(max_chars // max(len(cells), 1), 500)
         text = "\n".join(render.cell_text(c, outputs=include_outputs, max_chars=per_cell)
                          for c in cells)
+        text = render.cut(text, 4 * max_chars, "get_cell(notebook_id, cell_id) shows any cell whole")
         return _text(f"{len(cells)} cells\n{text}" if cells else "(no cells)",
                      {"cells": [{"cell_id": c.id, "cell_type": c.cell_type} for c in cells]})
 
