@@ -13,7 +13,9 @@ Bounded by age and size: records older than ``max_age`` seconds
 beyond ``max_bytes`` (``RUNTIMED_RESULTS_MAX_BYTES``, default 256 MB). The store
 keeps no index in memory (the daemon's idle memory stays flat however many
 results it holds): only the total size, and what is still being written.
-Writes and sweeps run in worker threads, off the event loop.
+Writes are batched (those of the last :data:`WRITE_DELAY` seconds, in one worker-thread
+call: an execution costs the event loop no thread hand-off) and, like sweeps, run off
+the event loop.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ DEFAULT_MAX_BYTES = 256 * 2**20
 SWEEP_INTERVAL = 3600.0
 #: A size sweep leaves this fraction of ``max_bytes`` (so sweeps are rare).
 SWEEP_TO = 0.9
+#: Finished executions are written together, this long after the first of them.
+WRITE_DELAY = 0.2
 EXECUTION_ID = re.compile(r"^exec-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -75,7 +79,10 @@ class ExecutionStore:
                              if max_bytes is None else max_bytes)
         #: Records handed to a writer thread and not on disk yet (served from here meanwhile).
         self._pending: dict[str, dict[str, Any]] = {}
-        self._writes: set[asyncio.Future[None]] = set()
+        #: Records waiting for the next batch write.
+        self._batch: list[tuple[str, dict[str, Any]]] = []
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._writes: set[asyncio.Future[Any]] = set()
         self._total = 0
         self._sweeping: asyncio.Future[None] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -93,6 +100,7 @@ class ExecutionStore:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
+        self._write_batch()
         while self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         if self._sweeping is not None:
@@ -106,21 +114,42 @@ class ExecutionStore:
             return
         entry = {"notebook_id": notebook_id, "finished_at": time.time(), "record": record}
         self._pending[execution_id] = entry
-        write = asyncio.ensure_future(asyncio.to_thread(self._write, execution_id, entry))
-        self._writes.add(write)
-        write.add_done_callback(lambda fut: self._written(execution_id, entry, fut))
+        self._batch.append((execution_id, entry))
+        if self._batch_timer is None:
+            self._batch_timer = asyncio.get_running_loop().call_later(WRITE_DELAY, self._write_batch)
 
-    def _written(self, execution_id: str, entry: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+    def _write_batch(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        write = asyncio.ensure_future(asyncio.to_thread(self._write_all, batch))
+        self._writes.add(write)
+        write.add_done_callback(lambda fut: self._written(batch, fut))
+
+    def _written(self, batch: list[tuple[str, dict[str, Any]]], fut: asyncio.Future[Any]) -> None:
         self._writes.discard(fut)
-        if self._pending.get(execution_id) is entry:
-            del self._pending[execution_id]
+        for execution_id, entry in batch:
+            if self._pending.get(execution_id) is entry:
+                del self._pending[execution_id]
         if fut.cancelled() or fut.exception() is not None:
             exc = None if fut.cancelled() else fut.exception()
-            log.warning("Could not keep the result of %s: %s", execution_id, exc)
+            log.warning("Could not keep the results of %d executions: %s", len(batch), exc)
             return
         self._total += fut.result()
         if self.max_bytes and self._total > self.max_bytes and self._sweeping is None:
             self._sweep_soon()
+
+    def _write_all(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
+        written = 0
+        for execution_id, entry in batch:
+            try:
+                written += self._write(execution_id, entry)
+            except OSError as exc:  # one that cannot be written does not keep the others out
+                log.warning("Could not keep the result of %s: %s", execution_id, exc)
+        return written
 
     def _write(self, execution_id: str, entry: dict[str, Any]) -> int:
         data = json.dumps(entry, separators=(",", ":"), default=str).encode()
