@@ -14,6 +14,7 @@ table on stdout. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import datetime as _dt
@@ -42,8 +43,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "memory",
-             "conda_memory", "pool", "restart", "jupyter", "gateway")
+SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "agents",
+             "memory", "conda_memory", "pool", "restart", "jupyter", "gateway")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
 POOL_PACKAGES = ("ipykernel", "ipywidgets")
@@ -67,6 +68,8 @@ TARGETS = {
     "execute": "<= 0.25x jupyter execute",
     "nbclient": "<= 0.3x python3",
     "gateway_roundtrip": "<= 2x a plain WebSocket client",
+    "mcp_execute": "<= 3x session.run",
+    "stream_latency": "<= 5 ms",
 }
 
 
@@ -1003,6 +1006,98 @@ def scenario_files(b: Bench) -> dict[str, Any]:
     return res
 
 
+#: A cell that prints the time it prints, every 20 ms: the receiver's clock minus the printed
+#: one is the delay from the kernel's print to the caller (same machine, same clock).
+STREAM_CELL = ("import time\nfor _ in range({n}):\n    time.sleep(0.02)\n"
+               "    print(repr(time.time()), flush=True)\n")
+
+
+def _stamped_lines(text: str, received: float) -> list[float]:
+    return [received - float(line) for line in text.split()]
+
+
+async def _mcp_roundtrips(daemon: Any, n: int, warm: int, budget: float) -> dict[str, Any]:
+    """An MCP client (the SDK's, in this process) on `runtimed mcp` over stdio: execute_cell
+    of one `x=1` cell, n times."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "runtimed", "mcp", "--socket", str(daemon.socket_path)],
+        env=dict(os.environ))
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+        await client.initialize()
+        created = await client.call_tool("create_notebook", {})
+        nb = created.structured_content["notebook_id"]
+        cell = (await client.call_tool("create_cell", {"notebook_id": nb, "source": "x=1"})
+                ).structured_content["cell_id"]
+        times: list[float] = []
+        deadline = time.monotonic() + budget
+        for i in range(warm + n):
+            t0 = time.perf_counter()
+            result = await client.call_tool("execute_cell", {"notebook_id": nb, "cell_id": cell})
+            elapsed = time.perf_counter() - t0
+            if result.is_error or not result.structured_content["success"]:
+                raise RuntimeError(f"MCP execute_cell failed: {result.content}")
+            if i >= warm:
+                times.append(elapsed)
+            if time.monotonic() > deadline:
+                break
+        return {**summary(times), "what": "MCP call_tool('execute_cell') of one x=1 cell, stdio"}
+
+
+def scenario_agents(b: Bench) -> dict[str, Any]:
+    """Agents: an MCP `execute_cell` of x=1 (the SDK's client in this process, `runtimed mcp`
+    over stdio) against `session.run('x=1')` on the same daemon (target <= 3x); and
+    `session.stream()`: from the kernel's print to the caller (target <= 5 ms p50), against
+    jupyter_client's IOPub message of the same print."""
+    n = 40 if b.quick else 200
+    lines = 50 if b.quick else 200
+    warm, budget = 5, 120.0
+    res: dict[str, Any] = {"runs": n, "stream_lines": lines}
+    cell_code = STREAM_CELL.format(n=lines)
+
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (_km, kc):
+        delays: list[float] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                delays.extend(_stamped_lines(msg["content"]["text"], time.time()))
+        with watchdog(120, "jupyter_client stream"):
+            kc.execute_interactive(cell_code, timeout=120, output_hook=hook, allow_stdin=False)
+        out["stream_latency"] = {**summary(delays), "what": "iopub stream message, output_hook"}
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("agents", uv_pool_size=2) as daemon:
+        session = daemon.session()
+        try:
+            with watchdog(90, "start_kernel"):
+                session.start_kernel()
+                b.wait_pool(daemon, 2)
+
+            def once() -> None:
+                rt_check(session.run("x=1"), "x=1")
+            with watchdog(budget + 60, "runtimed session.run round trips"):
+                for _ in range(warm):
+                    once()
+                times, _ = _roundtrip_series(once, n, budget)
+            out["run"] = {**summary(times), "what": "session.run('x=1')"}
+            delays = []
+            with watchdog(120, "runtimed stream"):
+                for event in session.stream(session.create_cell(cell_code), timeout_secs=120):
+                    if event.kind == "output" and event.output.output_type == "stream":
+                        delays.extend(_stamped_lines(event.output.text, time.time()))
+            if len(delays) != lines:
+                raise RuntimeError(f"stream: {len(delays)} of {lines} lines arrived")
+            out["stream_latency"] = {**summary(delays), "what": "session.stream() output events"}
+        finally:
+            close_session(session)
+        b.wait_pool(daemon, 2)
+        with watchdog(budget + 120, "MCP execute_cell round trips"):
+            out["mcp_execute_cell"] = asyncio.run(_mcp_roundtrips(daemon, n, warm, budget))
+    return res
+
+
 JC_MEMORY_CHILD = r"""
 import json, os, sys, time, warnings
 warnings.filterwarnings("ignore")
@@ -1581,6 +1676,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "bigdoc": scenario_bigdoc,
     "files": scenario_files,
     "viewer": scenario_viewer,
+    "agents": scenario_agents,
     "memory": scenario_memory,
     "conda_memory": scenario_conda_memory,
     "pool": scenario_pool,
@@ -1735,6 +1831,17 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
               target=TARGETS["png_visible"], limit=0.05, jc_path=("second_client",))
         timed("... and in an open viewer page (update + blob fetched), p50", r, ("viewer",),
               target=TARGETS["png_visible"], limit=0.05, jc_path=("second_client",))
+    if "agents" in scen:
+        r = scen["agents"]
+        run_p50 = _get(r, "runtimed", "run", "median")
+        mcp_p50 = _get(r, "runtimed", "mcp_execute_cell", "median")
+        rt_s = _err(r.get("runtimed")) or (f"{fmt_time(mcp_p50)} ({_ratio(mcp_p50, run_p50)} of "
+                                           f"session.run {fmt_time(run_p50)})" if mcp_p50 else "-")
+        add("MCP execute_cell of x=1, stdio, client in process (p50)", rt_s, "-", "-",
+            TARGETS["mcp_execute"], None if not (mcp_p50 and run_p50) else mcp_p50 <= 3 * run_p50)
+        timed("stream(): kernel print -> caller (p50)", r, ("stream_latency",),
+              target=TARGETS["stream_latency"], limit=0.005)
+        timed("stream(): kernel print -> caller (p95)", r, ("stream_latency",), stat="p95")
     if "memory" in scen:
         r = scen["memory"]
         rt, jc = r.get("runtimed"), r.get("jupyter_client")

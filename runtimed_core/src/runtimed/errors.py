@@ -8,6 +8,7 @@ Every error a user can see is a :class:`RuntimedError`. The tree::
     ├── NotConnected               a call that needs a connection was made without one
     ├── ProtocolError              malformed frames, bad handshakes, unknown requests
     ├── CellNotFound (LookupError) a cell id that is not in the notebook
+    ├── ExecutionNotFound (LookupError) an execution id the daemon has no result for
     ├── InvalidRequest (ValueError) bad arguments: markdown cell executed, malformed metadata JSON
     ├── KernelError                anything about the kernel
     │   ├── NoKernel               no kernel runs (it was shut down, or never started)
@@ -77,6 +78,14 @@ class CellNotFound(RuntimedError, LookupError):
         super().__init__(f"Cell not found: {cell_id}", cell_id=cell_id, **context)
 
 
+class ExecutionNotFound(RuntimedError, LookupError):
+    """``get_result`` of an id the daemon never ran, or whose result is no longer kept."""
+
+    @property
+    def execution_id(self) -> str | None:
+        return self.context.get("execution_id")
+
+
 class InvalidRequest(RuntimedError, ValueError):
     pass
 
@@ -129,7 +138,7 @@ class ConfigError(RuntimedError, ValueError):
 _BY_NAME: dict[str, type[RuntimedError]] = {
     cls.__name__: cls
     for cls in (
-        RuntimedError, DaemonUnavailable, DaemonNotRunning, NotConnected, ProtocolError, InvalidRequest,
+        RuntimedError, DaemonUnavailable, DaemonNotRunning, NotConnected, ProtocolError, InvalidRequest, ExecutionNotFound,
         KernelError, NoKernel, KernelLaunchFailed, KernelDied, ExecutionTimeout,
         EnvironmentFailed, NotebookFileError, PluginError, ConfigError,
     )

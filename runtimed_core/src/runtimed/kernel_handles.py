@@ -34,8 +34,14 @@ Deliver = Callable[[str, dict[str, Any]], None]
 class KernelChannels(ABC):
     """Jupyter messages to and from a kernel whose channels are not ZMQ sockets.
 
-    Required: :meth:`open`, :meth:`send`, :meth:`close`.
+    Required: :meth:`open`, :meth:`send`, :meth:`close`. Optional: :attr:`supports_stdin`.
     """
+
+    #: Optional. True if these channels carry the kernel's stdin channel: the daemon then
+    #: lets cells call ``input()`` (``allow_stdin``) for clients that answer, and answers the
+    #: kernel's ``input_request`` with ``send("stdin", "input_reply", content, parent=header)``
+    #: (so :meth:`send` must take a ``parent`` keyword, the header being answered).
+    supports_stdin: bool = False
 
     @abstractmethod
     def open(self, deliver: Deliver) -> None:

@@ -2,10 +2,10 @@
 
 A launcher (a plugin) starts the kernel and returns a
 :class:`~runtimed.kernel_handles.KernelHandle`; this module owns the Jupyter
-plumbing on top of it: the connection file, the shell/control/iopub channels
+plumbing on top of it: the connection file, the shell/control/iopub/stdin channels
 (ZMQ sockets at the handle's endpoints, or the handle's own
 :class:`~runtimed.kernel_handles.KernelChannels`), the IOPub handshake before the
-kernel counts as ready, routing replies and IOPub messages by
+kernel counts as ready, routing replies, IOPub messages and stdin requests by
 ``parent_header.msg_id``, interrupts, shutdown, and noticing death.
 No polling: ZMQ sockets are read straight from the event loop.
 """
@@ -32,12 +32,17 @@ from runtimed.protocol.jupyter import JupyterCodec, write_connection_file
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+#: The answer to an ``input_request`` that makes ``input()`` raise EOFError (as Ctrl-D does).
+EOF = "\x04"
 INTERRUPT_REPLY_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 2.0
 #: Kernel messages handled per socket per event-loop turn.
 DRAIN_BATCH = 256
 
 IOPubHandler = Callable[[str, dict[str, Any]], None]
+#: ``on_stdin(message)``: an ``input_request`` of the kernel, for a request sent with
+#: ``allow_stdin`` (answer it with :meth:`Kernel.answer_input`).
+StdinHandler = Callable[[dict[str, Any]], None]
 
 _context: zmq.Context[zmq.Socket[bytes]] | None = None
 
@@ -61,7 +66,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class ZmqChannels(KernelChannels):
-    """The shell, control and iopub channels of a kernel at ZMQ endpoints (the default)."""
+    """The shell, control, iopub and stdin channels of a kernel at ZMQ endpoints (the default).
+
+    The shell and stdin sockets share one identity: a kernel sends its ``input_request``
+    to the identity that sent the execute request.
+    """
+
+    supports_stdin = True
 
     def __init__(self, connection_info: dict[str, Any]) -> None:
         scheme = connection_info.get("signature_scheme", "hmac-sha256")
@@ -82,12 +93,18 @@ class ZmqChannels(KernelChannels):
     def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
         zctx = _zmq_context()
-        for name, kind in (("shell", zmq.DEALER), ("control", zmq.DEALER), ("iopub", zmq.SUB)):
+        identity = os.urandom(16).hex().encode()
+        channels = [("shell", zmq.DEALER), ("control", zmq.DEALER), ("iopub", zmq.SUB)]
+        if self.info.get("stdin_port"):
+            channels.append(("stdin", zmq.DEALER))
+        for name, kind in channels:
             sock = zctx.socket(kind)
             sock.linger = 0
             sock.setsockopt(zmq.RECONNECT_IVL, 10)  # the kernel binds after we connect; retry fast
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if name in ("shell", "stdin"):
+                sock.setsockopt(zmq.IDENTITY, identity)
             sock.connect(self._url(name))
             self._sockets[name] = sock
         # Plain sockets read straight from the event loop (no task, no future per message):
@@ -97,8 +114,9 @@ class ZmqChannels(KernelChannels):
             loop.add_reader(sock.FD, self._drain, name)
             loop.call_soon(self._drain, name)
 
-    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
-        msg_id, frames = self.codec.message(msg_type, content)
+    def send(self, channel: str, msg_type: str, content: dict[str, Any],
+             parent: dict[str, Any] | None = None) -> str:
+        msg_id, frames = self.codec.message(msg_type, content, parent)
         self._sockets[channel].send_multipart(frames, copy=False)
         # A send can consume the socket's readiness edge: look for replies once more.
         asyncio.get_running_loop().call_soon(self._drain, channel)
@@ -106,7 +124,12 @@ class ZmqChannels(KernelChannels):
 
     def _drain(self, name: str) -> None:
         """Handle the messages waiting on socket ``name`` (ZMQ's FD is edge-triggered, so
-        until none is left; after a batch, the rest waits one loop turn: others get theirs)."""
+        until none is left; after a batch, the rest waits one loop turn: others get theirs).
+
+        Before a stdin message, what IOPub holds is handled first: a kernel flushes its
+        outputs before it asks for input, and the prompt must follow them."""
+        if name == "stdin":
+            self._drain("iopub")
         parse = self.codec.parse
         for _ in range(DRAIN_BATCH):
             sock = self._sockets.get(name)  # a handler may have closed the channels
@@ -153,6 +176,7 @@ class Kernel:
         self._iopub_handlers: dict[str, IOPubHandler] = {}
         #: Gets IOPub messages whose parent request the daemon did not send (another client's).
         self.on_unrouted: Callable[[dict[str, Any]], None] | None = None
+        self._stdin_handlers: dict[str, StdinHandler] = {}
         self._closing = False
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch())
@@ -246,25 +270,69 @@ class Kernel:
                 handler(msg["header"]["msg_type"], msg)
             elif parent and self.on_unrouted is not None and parent not in self._replies:
                 self.on_unrouted(msg)
+        elif channel == "stdin":
+            on_stdin = self._stdin_handlers.get(parent)
+            if on_stdin is not None and msg["header"].get("msg_type") == "input_request":
+                on_stdin(msg)
+            else:  # nobody offered to answer: end the kernel's wait (input() raises EOFError)
+                self.answer_input(msg, EOF)
         else:
             fut = self._replies.pop(parent, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
     def _request(self, channel: str, msg_type: str, content: dict[str, Any], *,
-                 on_iopub: IOPubHandler | None = None) -> tuple[asyncio.Future[dict[str, Any]], str]:
+                 on_iopub: IOPubHandler | None = None, on_stdin: StdinHandler | None = None,
+                 ) -> tuple[asyncio.Future[dict[str, Any]], str]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         msg_id = self.channels.send(channel, msg_type, content)
         self._replies[msg_id] = fut
         if on_iopub is not None:
             self._iopub_handlers[msg_id] = on_iopub
+        if on_stdin is not None:
+            self._stdin_handlers[msg_id] = on_stdin
         return fut, msg_id
 
     def request(self, channel: str, msg_type: str, content: dict[str, Any], *,
-                on_iopub: IOPubHandler | None = None) -> asyncio.Future[dict[str, Any]]:
+                on_iopub: IOPubHandler | None = None, on_stdin: StdinHandler | None = None,
+                ) -> asyncio.Future[dict[str, Any]]:
         """Send a request; the future resolves with the reply. IOPub children go to ``on_iopub``
+        and the kernel's ``input_request`` messages (for ``allow_stdin``) to ``on_stdin``,
         until :meth:`forget` is called with the reply's ``parent_header.msg_id``."""
-        return self._request(channel, msg_type, content, on_iopub=on_iopub)[0]
+        return self._request(channel, msg_type, content, on_iopub=on_iopub, on_stdin=on_stdin)[0]
+
+    @property
+    def supports_stdin(self) -> bool:
+        """Whether the kernel's channels carry stdin (``input()`` can be answered)."""
+        return bool(getattr(self.channels, "supports_stdin", False))
+
+    def answer_input(self, request: dict[str, Any], value: str) -> None:
+        """Answer the kernel's ``input_request`` (:data:`EOF`: ``input()`` raises EOFError).
+
+        ``value`` may be a password: it goes to the kernel and nowhere else (never logged).
+        """
+        if self.exited.done() or not self.supports_stdin:
+            return
+        try:
+            self.channels.send("stdin", "input_reply", {"value": value},
+                               parent=request.get("header"))  # type: ignore[call-arg]
+        except Exception as exc:  # the channels are closing: the kernel is going away anyway
+            log.debug("Could not answer an input request: %s", type(exc).__name__)
+
+    async def ask(self, msg_type: str, content: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One shell request (``complete_request``...) and its reply's content, within ``timeout``
+        seconds (asyncio.TimeoutError); nothing stays routed afterwards."""
+        fut, msg_id = self._request("shell", msg_type, content)
+        try:
+            done, _ = await asyncio.wait({fut, self.exited}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if fut not in done:
+                raise asyncio.TimeoutError
+            return fut.result()["content"]
+        finally:
+            self.forget(msg_id)
+            if not fut.done():
+                fut.cancel()
 
     async def run_silently(self, code: str, timeout: float = 10.0) -> None:
         """Execute ``code`` without history or outputs; raise KernelLaunchFailed if it fails."""
@@ -282,6 +350,7 @@ class Kernel:
         """Stop routing messages for a finished request."""
         self._replies.pop(msg_id, None)
         self._iopub_handlers.pop(msg_id, None)
+        self._stdin_handlers.pop(msg_id, None)
 
     # control ------------------------------------------------------------------------------------
     async def interrupt(self) -> None:
@@ -326,6 +395,7 @@ class Kernel:
                 fut.cancel()
         self._replies.clear()
         self._iopub_handlers.clear()
+        self._stdin_handlers.clear()
 
     async def kill(self) -> None:
         """Stop the kernel now and release channels and files; idempotent."""

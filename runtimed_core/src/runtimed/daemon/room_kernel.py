@@ -137,6 +137,28 @@ class RoomKernel:
         host.flush()
         return {**self._started_info(), "reused": False}
 
+    async def switch(self, request: KernelRequest, progress: Any) -> dict[str, Any]:
+        """Start a kernel for ``request`` beside the running one and, once it is up, put it in
+        the running one's place (whose cells fail as restarted). If the new one cannot start
+        (its environment does not build, say), the running kernel stays as it was."""
+        plan = await self.provisioner.plan(request)
+        lease = await self.provisioner.provision(plan, request, progress)
+        old, self.runner = self.runner, None
+        if old is not None:
+            old.fail_all("Kernel restarted in a new environment", "restarted")
+            await old.shutdown()
+        runner = KernelRunner(self.host, lease, sinks=self.sinks, restart=self._restart,
+                              release=self.provisioner.release)
+        self.host.writer.set_kernel(kernel_type=lease.kernel_type, env_source=lease.env_source,
+                                    progress=None)
+        runner.start()
+        self.runner = runner
+        self._shut_down = False
+        log.info("%s: %s kernel switched to %s (pid %s)", self.host.notebook_id, lease.kernel_type,
+                 lease.env_source, lease.kernel.pid)
+        self.host.flush()
+        return self._started_info()
+
     async def _restart(self, lease: Lease) -> Lease:
         return await self.provisioner.restart(lease, self.host.notebook_id)
 
