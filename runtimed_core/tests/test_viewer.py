@@ -99,6 +99,13 @@ def test_images_are_blobs_byte_exact_and_served_only_with_the_secret(daemon):
         status, _, body = get(root + "/health", cookie)
         assert status == 200 and json.loads(body)["ok"] is True
         assert get(root + "/health")[0] == 403
+        kept = daemon.client().get_result(result.execution_id).outputs[0]
+        assert kept.data["image/png"].strip() == PNG, "a result fetched by id has its blobs too"
+        cell = s.create_cell(f"display(Image(data=base64.b64decode('{PNG}')))")
+        [done] = [e for e in s.stream(cell) if e.kind == "done"]
+        assert done.result.outputs[0].data["image/png"].strip() == PNG, "and a streamed one"
+        answered = s.execute_cell(cell, stdin=lambda prompt, password: "")
+        assert answered.outputs[0].data["image/png"].strip() == PNG, "and one run with stdin"
 
 
 def test_a_corrupt_blob_is_never_served(daemon):

@@ -509,13 +509,7 @@ class AsyncSession:
         except asyncio.TimeoutError:
             raise ExecutionTimeout(f"Execution timed out after {timeout_secs:g} seconds",
                                    cell_id=cell_id, notebook_id=self._notebook_id) from None
-        record = read_execution(self.state, result["execution_id"])
-        if record is None:
-            raise ProtocolError(f"The daemon reported execution {result['execution_id']} but did not sync it")
-        if record.get("failure") == "kernel_died":
-            raise KernelDied(record.get("error") or "The kernel died", cell_id=cell_id,
-                             notebook_id=self._notebook_id)
-        return self._result(record)
+        return self._result_of(cell_id, result["execution_id"])
 
     async def _execute_request(self, cell_id: str, *, wait: bool, timeout: float | None = None,
                                **follow: Any) -> dict[str, Any]:
@@ -535,7 +529,7 @@ class AsyncSession:
         if record.get("failure") == "kernel_died":
             raise KernelDied(record.get("error") or "The kernel died", cell_id=cell_id,
                              notebook_id=self._notebook_id)
-        return ExecutionResult.from_record(record)
+        return self._result(record)
 
     async def stream(self, cell_id: str, timeout_secs: float | None = 60,
                      stdin: StdinHandler | None = None) -> AsyncIterator[ExecutionEvent]:
