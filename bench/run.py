@@ -368,7 +368,9 @@ class Bench:
         spec = self.specs_dir / KERNEL_NAME
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [str(self.baseline_python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            # as runtimed's python kernels (and nbclient's): IPython's history in memory
+            "argv": [str(self.baseline_python), "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--HistoryManager.hist_file=:memory:"],
             "display_name": "bench baseline", "language": "python",
         }))
 
