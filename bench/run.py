@@ -44,7 +44,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "agents",
-             "memory", "conda_memory", "pool", "restart", "jupyter", "gateway")
+             "memory", "conda_memory", "pool", "restart", "jupyter", "gateway", "scale")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
 POOL_PACKAGES = ("ipykernel", "ipywidgets")
@@ -70,6 +70,7 @@ TARGETS = {
     "gateway_roundtrip": "<= 2x a plain WebSocket client",
     "mcp_execute": "<= 3x session.run",
     "stream_latency": "<= 5 ms",
+    "scale": ">= 0.8x jc executions/s; daemon CPU per execution <= 1.2x from 1 to 16",
 }
 
 
@@ -1670,6 +1671,141 @@ def scenario_gateway(b: Bench) -> dict[str, Any]:
     return res
 
 
+SCALE_RT_CHILD = r"""
+import sys, time
+import runtimed
+socket_path, notebook_id, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with runtimed.Session(notebook_id, socket_path=socket_path) as s:
+    s.start_kernel()
+    cell = s.create_cell("x=1")
+    for _ in range(5):
+        s.execute_cell(cell)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not s.execute_cell(cell).success:
+            raise SystemExit("x=1 failed")
+        n += 1
+    print(n, flush=True)
+    sys.stdin.readline()
+"""
+
+SCALE_JC_CHILD = r"""
+import sys, time
+from jupyter_client import BlockingKernelClient
+connection_file, seconds = sys.argv[1], float(sys.argv[2])
+kc = BlockingKernelClient(connection_file=connection_file)
+kc.load_connection_file()
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+def once():
+    reply = kc.execute_interactive("x=1", timeout=60, output_hook=lambda m: None, allow_stdin=False)
+    if reply["content"]["status"] != "ok":
+        raise SystemExit("x=1 failed")
+for _ in range(5):
+    once()
+print("ready", flush=True)
+sys.stdin.readline()
+n, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    once()
+    n += 1
+print(n, flush=True)
+sys.stdin.readline()
+kc.stop_channels()
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (from /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _concurrent_loops(argvs: list[list[str]], seconds: float, watch_pid: int | None,
+                      settle: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Start one client process per argv, wait until all are ready (then ``settle()``), let them
+    loop ``x=1`` for ``seconds`` together; total executions per second (and ``watch_pid``'s CPU
+    per execution)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for argv in argvs]
+    try:
+        with watchdog(240, "clients ready"):
+            for proc in procs:
+                line = proc.stdout.readline()
+                if line.strip() != "ready":
+                    raise RuntimeError(f"a client did not get ready (exit {proc.poll()}): {line!r}")
+            settle()
+        cpu0 = cpu_seconds(watch_pid) if watch_pid else None
+        t0 = time.monotonic()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        with watchdog(seconds + 120, "client loops"):
+            counts = [int(proc.stdout.readline()) for proc in procs]
+        elapsed = time.monotonic() - t0
+        cpu = cpu_seconds(watch_pid) - cpu0 if watch_pid else None
+        total = sum(counts)
+        out: dict[str, Any] = {"executions": total, "seconds": elapsed, "per_client": counts,
+                               "per_sec": total / elapsed}
+        if cpu is not None:
+            out["daemon_cpu_per_exec"] = cpu / total if total else None
+        return out
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.stdin.write("done\n")
+                proc.stdin.close()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def scenario_scale(b: Bench) -> dict[str, Any]:
+    """1, 4 and 16 notebooks, each with its own kernel and its own client process, running
+    ``x=1`` in a loop at the same time: total executions per second (runtimed's execute_cell
+    vs jupyter_client's execute_interactive on as many kernels), and the daemon's CPU per
+    execution."""
+    sizes = (1, 4) if b.quick else (1, 4, 16)
+    seconds = 3.0 if b.quick else 6.0
+    res: dict[str, Any] = {"sizes": list(sizes), "seconds": seconds}
+    rt_child, jc_child = b.root / "scale_rt.py", b.root / "scale_jc.py"
+    rt_child.write_text(SCALE_RT_CHILD)
+    jc_child.write_text(SCALE_JC_CHILD)
+    rt_runs: dict[str, Any] = {}
+    jc_runs: dict[str, Any] = {}
+    with Side(res, "runtimed", b) as out:
+        for n in sizes:
+            with b.daemon(f"scale{n}", uv_pool_size=n, hot_kernels=0) as daemon:
+                argvs = [[sys.executable, str(rt_child), str(daemon.socket_path), f"scale-{n}-{i}",
+                          str(seconds)] for i in range(n)]
+                # the pool refilled (the kernels took its envs) before the clock starts
+                rt_runs[str(n)] = _concurrent_loops(argvs, seconds, daemon.process.pid,
+                                                    lambda: b.wait_pool(daemon, n))
+        out["runs"] = rt_runs
+    with Side(res, "jupyter_client", b) as out:
+        for n in sizes:
+            kernels = []
+            try:
+                with watchdog(60 + 15 * n, "jupyter_client kernels"):
+                    for _ in range(n):
+                        kernels.append(b.jc_start())
+                argvs = [[sys.executable, str(jc_child), km.connection_file, str(seconds)]
+                         for km, _kc in kernels]
+                for _km, kc in kernels:
+                    kc.stop_channels()  # the child processes are the clients
+                jc_runs[str(n)] = _concurrent_loops(argvs, seconds, None)
+            finally:
+                for km, _kc in kernels:
+                    b.jc_stop(km)
+        out["runs"] = jc_runs
+    return res
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "start": scenario_start,
     "roundtrip": scenario_roundtrip,
@@ -1685,6 +1821,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "restart": scenario_restart,
     "jupyter": scenario_jupyter,
     "gateway": scenario_gateway,
+    "scale": scenario_scale,
 }
 
 
@@ -1888,6 +2025,24 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
               "WebSocket client", r, ("run",), target=TARGETS["gateway_roundtrip"], jc_limit_ratio=2)
         timed("x=1 through a Kernel Gateway, p50: execute_cell vs the plain client with TCP_QUICKACK",
               r, ("execute_cell",), jc_path=("run_quickack",))
+    if "scale" in scen:
+        r = scen["scale"]
+        rt_runs, jc_runs = _get(r, "runtimed", "runs") or {}, _get(r, "jupyter_client", "runs") or {}
+        first_cpu = _get(rt_runs, str(r["sizes"][0]), "daemon_cpu_per_exec")
+        for n in r["sizes"]:
+            rv, jv = _get(rt_runs, str(n), "per_sec"), _get(jc_runs, str(n), "per_sec")
+            cpu = _get(rt_runs, str(n), "daemon_cpu_per_exec")
+            rt_s = _err(r.get("runtimed")) or (f"{rv:.0f}/s" if rv else "-")
+            if cpu:
+                rt_s += f", daemon CPU {cpu * 1000:.2f} ms/exec"
+                if first_cpu:
+                    rt_s += f" ({cpu / first_cpu:.2f}x of 1)"
+            jc_s = _err(r.get("jupyter_client")) or (f"{jv:.0f}/s" if jv else "-")
+            ok = None
+            if rv and jv:
+                ok = rv >= 0.8 * jv and (not cpu or not first_cpu or cpu <= 1.2 * first_cpu)
+            add(f"{n} notebook(s) running x=1 at once, executions per second (total)", rt_s, jc_s,
+                _ratio(rv, jv), TARGETS["scale"] if n == r["sizes"][-1] else "", ok)
     return rows
 
 
