@@ -174,6 +174,12 @@ class FakeHost:
     def offload_output(self, output: dict[str, Any]) -> dict[str, Any]:
         return output
 
+    def put_blob(self, raw: bytes, content_type: str) -> str | None:
+        return None
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        pass
+
     def annotate_cell(self, cell_id: str, execution_id: str, execution_count: int | None,
                       delay: float = 0.0) -> None:
         self.cells[cell_id] = (execution_id, execution_count)

@@ -15,17 +15,19 @@ from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.client.sidecar import Sidecar, sidecar
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import (
-    CellNotFound, ConfigError, DaemonNotRunning, DaemonUnavailable, EnvironmentFailed,
-    ExecutionTimeout, InvalidRequest, KernelDied, KernelError, KernelLaunchFailed, NoKernel,
-    NotConnected, NotebookFileError, PluginError, ProtocolError, RuntimedError, RuntimedWarning,
+    CellNotFound, CommNotFound, ConfigError, DaemonNotRunning, DaemonUnavailable,
+    EnvironmentFailed, ExecutionTimeout, InvalidRequest, KernelDied, KernelError,
+    KernelLaunchFailed, NoKernel, NotConnected, NotebookFileError, PluginError, ProtocolError,
+    RuntimedError, RuntimedWarning,
 )
 
 from runtimed.version import __version__  # noqa: F401 - the package version
 
 __all__ = [
-    "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "ConfigError", "DaemonClient",
-    "DaemonNotRunning", "DaemonUnavailable", "EnvironmentFailed", "ExecutionResult",
-    "ExecutionTimeout", "InvalidRequest", "KernelDied", "KernelError", "KernelLaunchFailed",
-    "NoKernel", "NotConnected", "NotebookFileError", "Output", "PluginError", "ProtocolError",
-    "RuntimedError", "RuntimedWarning", "Session", "Sidecar", "sidecar",
+    "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "CommNotFound", "ConfigError",
+    "DaemonClient", "DaemonNotRunning", "DaemonUnavailable", "EnvironmentFailed",
+    "ExecutionResult", "ExecutionTimeout", "InvalidRequest", "KernelDied", "KernelError",
+    "KernelLaunchFailed", "NoKernel", "NotConnected", "NotebookFileError", "Output",
+    "PluginError", "ProtocolError", "RuntimedError", "RuntimedWarning", "Session", "Sidecar",
+    "sidecar",
 ]

@@ -5,6 +5,9 @@ running returns the existing execution. An error stops the queue (the cells
 still queued fail as cancelled). Interrupt clears the queue and interrupts the
 running cell. A kernel that dies fails its running and queued cells.
 
+The kernel's comms (widget models) are the :class:`~runtimed.daemon.comms.CommRecorder`'s:
+they live from the kernel's ``comm_open`` to its ``comm_close`` or the kernel's end.
+
 Another Jupyter client may attach to the kernel with its connection file
 (``jupyter console --existing``): what it runs is recorded too, as an execution
 with ``origin`` ``external`` and no cell (from the kernel's ``execute_input``
@@ -27,11 +30,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtimed.daemon.comms import CommRecorder
 from runtimed.daemon.host import RoomHost
 from runtimed.daemon.outputs import PROGRESS_DELAY, OutputRecorder
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import Lease
-from runtimed.errors import KernelDied, KernelError
+from runtimed.errors import KernelDied, KernelError, NoKernel
 from runtimed.sinks import ExecutionContext
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,8 @@ class KernelRunner:
         self._restart = restart
         self._release = release
         self.outputs = OutputRecorder(host)
+        self.comms = CommRecorder(host, lambda content: self.lease.kernel.send(
+            "shell", "comm_msg", content))
         self.kernel_type = lease.kernel_type
         self.env_source = lease.env_source
         self.queue: deque[Execution] = deque()
@@ -105,6 +111,7 @@ class KernelRunner:
         kernel = self.lease.kernel
         self.dead_reason = None
         kernel.on_unrouted = self._unrouted
+        kernel.on_comm = self.comms.on_message
         attach = kernel.attach_file
         self.host.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None,
                                     connection_file=str(attach) if attach else None)
@@ -114,8 +121,9 @@ class KernelRunner:
             self._runner = asyncio.create_task(self._drain())
 
     async def restart(self) -> None:
-        """Replace the kernel; queued and running cells fail."""
+        """Replace the kernel; queued and running cells fail, its comms close."""
         self.fail_all("Kernel restarted", "restarted")
+        self.comms.clear()
         if self._watcher is not None:
             self._watcher.cancel()
         host = self.host
@@ -139,6 +147,7 @@ class KernelRunner:
     async def shutdown(self) -> None:
         """Stop the kernel for good and hand the environment back."""
         self.fail_all("Kernel shut down", "shutdown")
+        self.comms.clear()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,6 +167,7 @@ class KernelRunner:
         self.dead_reason = reason
         await kernel.kill()
         self.fail_all(reason, "kernel_died")
+        self.comms.clear()
         self.host.writer.set_kernel(lifecycle="error", activity=None, error=reason,
                                     connection_file=None)
         self.host.schedule_flush()
@@ -189,6 +199,13 @@ class KernelRunner:
         self._active[cell_id] = ex
         self._wake.set()
         return ex
+
+    def send_comm(self, comm_id: str, data: dict[str, Any]) -> None:
+        """A frontend's ``comm_msg`` to the kernel (see :meth:`CommRecorder.send`)."""
+        if not self.alive:
+            raise NoKernel(self.dead_reason or "The kernel is not running",
+                           notebook_id=self.host.notebook_id)
+        self.comms.send(comm_id, data)
 
     def interrupt_queue(self) -> list[Execution]:
         """Fail every queued (not running) execution; return them."""
@@ -226,6 +243,8 @@ class KernelRunner:
         parent = msg["parent_header"].get("msg_id")
         msg_type = msg["header"]["msg_type"]
         content = msg["content"]
+        if msg_type in OUTPUT_MSG_TYPES and self.comms.capture(msg):
+            return  # an Output widget's (a widget callback's `with out:`, say)
         ex = self._external.get(parent)
         if ex is None:
             if msg_type != "execute_input":
@@ -334,6 +353,7 @@ class KernelRunner:
         kernel = self.lease.kernel
         host = self.host
         outputs = self.outputs
+        comms = self.comms
         sinks = self.sinks or None
         self.running = ex
         ex.status = "running"
@@ -349,7 +369,8 @@ class KernelRunner:
             content = msg["content"]
             saw_error = saw_error or msg_type == "error"
             if msg_type in OUTPUT_MSG_TYPES:
-                outputs.output(eid, msg_type, content)
+                if not comms.capture(msg):  # else an Output widget's (`with out:`)
+                    outputs.output(eid, msg_type, content)
                 if sinks is not None:
                     sinks.output(ctx, msg_type, content)
             elif msg_type == "status":

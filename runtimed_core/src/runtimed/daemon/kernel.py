@@ -37,6 +37,7 @@ SHUTDOWN_GRACE = 2.0
 DRAIN_BATCH = 256
 
 IOPubHandler = Callable[[str, dict[str, Any]], None]
+COMM_MSG_TYPES = frozenset(("comm_open", "comm_msg", "comm_close"))
 
 _context: zmq.Context[zmq.Socket[bytes]] | None = None
 
@@ -152,6 +153,9 @@ class Kernel:
         self._iopub_handlers: dict[str, IOPubHandler] = {}
         #: Gets IOPub messages whose parent request the daemon did not send (another client's).
         self.on_unrouted: Callable[[dict[str, Any]], None] | None = None
+        #: Gets every comm message on IOPub (``comm_open``, ``comm_msg``, ``comm_close``),
+        #: whichever request it belongs to: widgets outlive the cell that made them.
+        self.on_comm: Callable[[dict[str, Any]], None] | None = None
         self._closing = False
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch())
@@ -237,6 +241,9 @@ class Kernel:
     def _deliver(self, channel: str, msg: dict[str, Any]) -> None:
         parent = msg["parent_header"].get("msg_id")
         if channel == "iopub":
+            if self.on_comm is not None and msg["header"].get("msg_type") in COMM_MSG_TYPES:
+                self.on_comm(msg)
+                return
             handler = self._iopub_handlers.get(parent)
             if handler is not None:
                 handler(msg["header"]["msg_type"], msg)
@@ -261,6 +268,10 @@ class Kernel:
         """Send a request; the future resolves with the reply. IOPub children go to ``on_iopub``
         until :meth:`forget` is called with the reply's ``parent_header.msg_id``."""
         return self._request(channel, msg_type, content, on_iopub=on_iopub)[0]
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a message that gets no reply (a ``comm_msg``); its msg_id."""
+        return self.channels.send(channel, msg_type, content)
 
     async def run_silently(self, code: str, timeout: float = 10.0) -> None:
         """Execute ``code`` without history or outputs; raise KernelLaunchFailed if it fails."""

@@ -320,6 +320,9 @@ class Room:
     def read_blob(self, sha256: str) -> bytes | None:
         return self.blobs.read(sha256)
 
+    def put_blob(self, raw: bytes, content_type: str) -> str | None:
+        return self.blobs.put(raw, content_type)
+
     def blob_shas(self) -> set[str]:
         """Every blob this room's runtime state refers to (the garbage collector keeps them)."""
         return self._writer.blob_shas()
@@ -357,6 +360,15 @@ class Room:
         loaded = await self._files.read(path)
         ipynb.fill_documents(self.doc, self._writer, loaded["nb"], self.offload_output)
         self.doc_changed_locally()
+
+    async def send_comm(self, comm_id: Any, data: Any) -> None:
+        """A frontend's comm message (a slider moved) to the kernel (see
+        :meth:`~runtimed.daemon.comms.CommRecorder.send`)."""
+        if not isinstance(comm_id, str) or not isinstance(data, dict):
+            raise InvalidRequest("send_comm needs a comm_id (a string) and data (a JSON object)",
+                                 notebook_id=self.notebook_id)
+        runner = await self.kernel.runner_for(auto_start=False)
+        runner.send_comm(comm_id, data)
 
     def clear_outputs(self, cell_ids: list[str] | None) -> None:
         """Clear the outputs and counts of ``cell_ids`` (None: every cell)."""

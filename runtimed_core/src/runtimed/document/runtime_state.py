@@ -12,6 +12,10 @@ Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
                                      success, error, failure, origin, outputs [output ...]
           saved_outputs/{cell_id}: the outputs a notebook file holds for a cell that has
                                    not run since (a JSON string: a list of nbformat outputs)
+          comms/{comm_id}: target_name, model_module, model_name, model_module_version (None
+                           for a comm that is not a widget model), seq (the order they
+                           opened in), state/{key: JSON text}, buffers/{JSON text of a path
+                           into the state: JSON text of a blob reference {sha256, size}}
     (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
     restarted, shutdown; ``origin``: ``external`` for code another Jupyter client ran in
     the kernel, which has no cell: ``cell_id`` is empty)
@@ -20,6 +24,10 @@ An output is a map: streams are ``output_type``, ``name`` and ``chunks`` (a list
 of strings whose concatenation is the text: appending is one operation per
 chunk, see :class:`runtimed.outputs.StreamChunks`); every other output is
 ``output_type`` and ``json`` (the nbformat output as a JSON string).
+
+A comm is a kernel's open comm channel: a widget model (ipywidgets, anywidget, a
+``tqdm.notebook`` bar) and its current state, one key per entry so that a state
+update writes only what changed; binary buffers are in the blob store.
 
 Automerge keeps every change, and applying a sync message costs time in
 proportion to that history, so the daemon periodically starts the document
@@ -30,7 +38,8 @@ every client the new document whole (the ``state_reset`` broadcast).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtimed.blobs import BLOBS_KEY, shas
@@ -41,6 +50,22 @@ LIFECYCLES = (
     "running", "error", "shutdown",
 )
 EXECUTION_STATUSES = ("queued", "running", "done", "error")
+#: A comm's fields besides its state and buffers.
+COMM_FIELDS = ("target_name", "model_module", "model_name", "model_module_version", "seq")
+
+
+@dataclass
+class CommWrite:
+    """What changed of one comm since the last write (see :meth:`RuntimeStateWriter.write_comms`)."""
+
+    comm_id: str
+    #: Its :data:`COMM_FIELDS`, when the document does not hold the comm yet.
+    opened: dict[str, Any] | None = None
+    #: State keys -> JSON text (None: the key is gone).
+    state: dict[str, str | None] = field(default_factory=dict)
+    #: Buffer paths (JSON text) -> blob reference (JSON text; None: the buffer is gone).
+    buffers: dict[str, str | None] = field(default_factory=dict)
+    closed: bool = False
 
 
 def _put_scalar(tx: Any, obj: bytes, key: str, value: Any) -> None:
@@ -70,7 +95,9 @@ class RuntimeStateWriter:
             self.queue = tx.put_object(ROOT, "queue", List)
             self.executions = tx.put_object(ROOT, "executions", Map)
             self.saved = tx.put_object(ROOT, "saved_outputs", Map)
+            self.comms = tx.put_object(ROOT, "comms", Map)
         self._saved: set[str] = set()
+        self._comm_objs: dict[str, tuple[bytes, bytes, bytes]] = {}  # id -> (comm, state, buffers)
         #: With ``track_dirty``, the executions (and ``saved:<cell id>``) written since the
         #: last :meth:`take_dirty` (a live page updates only what changed).
         self.track_dirty = False
@@ -99,6 +126,14 @@ class RuntimeStateWriter:
                 new._exec_objs[execution_id] = (copy, outputs)
             for cell_id in self._saved:
                 tx.put(new.saved, cell_id, Str, old.get(self.saved, cell_id) or "[]")
+            for comm_id, (comm, state, buffers) in self._comm_objs.items():
+                record = old.to_py(comm)
+                new._put_comm(tx, comm_id, {k: record.get(k) for k in COMM_FIELDS})
+                _, new_state, new_buffers = new._comm_objs[comm_id]
+                for key, text in old.to_py(state).items():
+                    tx.put(new_state, key, Str, text)
+                for key, text in old.to_py(buffers).items():
+                    tx.put(new_buffers, key, Str, text)
         new._queued = list(self._queued)
         new._saved = set(self._saved)
         new.track_dirty = self.track_dirty
@@ -136,7 +171,7 @@ class RuntimeStateWriter:
             self._saved.difference_update(gone)
 
     def blob_shas(self) -> set[str]:
-        """Every blob the executions' outputs and the saved outputs refer to."""
+        """Every blob the executions' outputs, the saved outputs and the comms refer to."""
         replica, found = self.replica, set()
         for _, outputs in self._exec_objs.values():
             for i in range(replica.length(outputs)):
@@ -147,6 +182,9 @@ class RuntimeStateWriter:
             text = replica.get(self.saved, cell_id)
             if isinstance(text, str) and BLOBS_KEY in text:
                 found |= shas(json.loads(text))
+        for _, _, buffers in self._comm_objs.values():
+            for key in replica.keys(buffers):
+                found.add(json.loads(replica.get(buffers, key))["sha256"])
         return found
 
     def execution_ids(self) -> list[str]:
@@ -157,6 +195,46 @@ class RuntimeStateWriter:
         with self.replica.change() as tx:
             for key, value in fields.items():
                 _put_scalar(tx, self.kernel, key, value)
+
+    # comms --------------------------------------------------------------------------------------
+    def _put_comm(self, tx: Any, comm_id: str, fields: dict[str, Any]) -> None:
+        comm = tx.put_object(self.comms, comm_id, Map)
+        for key in COMM_FIELDS:
+            _put_scalar(tx, comm, key, fields.get(key))
+        self._comm_objs[comm_id] = (comm, tx.put_object(comm, "state", Map),
+                                    tx.put_object(comm, "buffers", Map))
+
+    def write_comms(self, writes: Iterable[CommWrite]) -> None:
+        """Apply what changed of the comms, in one change."""
+        with self.replica.change() as tx:
+            for write in writes:
+                comm_id = write.comm_id
+                if write.closed:
+                    if self._comm_objs.pop(comm_id, None) is not None:
+                        tx.delete(self.comms, comm_id)
+                        self._touch(f"comm:{comm_id}")
+                    continue
+                if write.opened is not None:
+                    self._put_comm(tx, comm_id, write.opened)
+                objs = self._comm_objs.get(comm_id)
+                if objs is None:
+                    continue
+                self._touch(f"comm:{comm_id}")
+                for obj, changes in ((objs[1], write.state), (objs[2], write.buffers)):
+                    for key, text in changes.items():
+                        if text is not None:
+                            tx.put(obj, key, Str, text)
+                        elif self.replica.get(obj, key) is not None:
+                            tx.delete(obj, key)
+
+    def clear_comms(self) -> None:
+        """Forget every comm (the kernel that held them is gone)."""
+        if self._comm_objs:
+            with self.replica.change() as tx:
+                for comm_id in self._comm_objs:
+                    tx.delete(self.comms, comm_id)
+                    self._touch(f"comm:{comm_id}")
+            self._comm_objs.clear()
 
     # executions -------------------------------------------------------------------------------
     def add_execution(self, execution_id: str, cell_id: str, source: str, *, running: bool = False
@@ -291,6 +369,50 @@ def read_saved_outputs(replica: Replica, cell_id: str) -> list[dict[str, Any]] |
     saved = replica.get_obj(ROOT, "saved_outputs")
     text = replica.get(saved, cell_id) if saved is not None else None
     return json.loads(text) if isinstance(text, str) else None
+
+
+def read_comms(replica: Replica) -> dict[str, dict[str, Any]]:
+    """The comms the kernel holds, in the order they opened: comm id -> its fields,
+    ``state`` (key -> value) and ``buffers`` (path tuple -> blob reference)."""
+    comms = replica.get_obj(ROOT, "comms")
+    if comms is None:
+        return {}
+    found = {}
+    for comm_id in replica.keys(comms):
+        record = read_comm(replica, comm_id, comms)
+        if record is not None:
+            found[comm_id] = record
+    return dict(sorted(found.items(), key=lambda item: item[1].get("seq") or 0))
+
+
+def read_comm(replica: Replica, comm_id: str, comms: bytes | None = None) -> dict[str, Any] | None:
+    """One comm (see :func:`read_comms`), or None if the kernel does not hold it."""
+    comms = comms if comms is not None else replica.get_obj(ROOT, "comms")
+    comm = replica.get_obj(comms, comm_id) if comms is not None else None
+    if comm is None:
+        return None
+    record: dict[str, Any] = {key: replica.get(comm, key) for key in COMM_FIELDS}
+    state, buffers = replica.get_obj(comm, "state"), replica.get_obj(comm, "buffers")
+    record["state"] = ({k: json.loads(v) for k, v in replica.to_py(state).items()}
+                       if state is not None else {})
+    record["buffers"] = ({tuple(json.loads(k)): json.loads(v)
+                          for k, v in replica.to_py(buffers).items()} if buffers is not None else {})
+    return record
+
+
+def model_state(comm: dict[str, Any], read_blob: Callable[[str], bytes | None]) -> dict[str, Any]:
+    """A comm's state (a :func:`read_comm` record's) with its buffers in place, as bytes read
+    with ``read_blob(sha256)``: the state the kernel's side holds."""
+    state = comm["state"]
+    for path, ref in comm["buffers"].items():
+        target: Any = state
+        try:
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = read_blob(ref["sha256"])
+        except (KeyError, IndexError, TypeError):
+            continue  # a path into state the kernel has changed since: nothing to put back
+    return state
 
 
 def queued_ids(replica: Replica) -> list[str]:
