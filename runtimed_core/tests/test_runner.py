@@ -187,6 +187,9 @@ class FakeHost:
     def notebook_metadata(self) -> dict[str, Any]:
         return {}
 
+    def keep_widgets(self) -> None:
+        pass
+
     def code_sources(self) -> list[str]:
         return []
 

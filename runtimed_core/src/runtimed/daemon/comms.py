@@ -353,7 +353,11 @@ class CommRecorder:
             self.host.broadcast({"event": "comm_msgs", "messages": messages})
 
     def clear(self) -> None:
-        """The kernel is gone (restart, shutdown, death), and its comms with it."""
+        """The kernel is gone (restart, shutdown, death), and its comms with it; the widgets'
+        last state stays in the notebook's metadata (see :meth:`RoomHost.keep_widgets`)."""
+        if any(comm.fields["model_name"] for comm in self._comms.values()):
+            self._write()
+            self.host.keep_widgets()
         self._comms.clear()
         self._dirty.clear()
         self._closed.clear()

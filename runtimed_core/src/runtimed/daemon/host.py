@@ -58,6 +58,11 @@ class RoomHost(Protocol):
 
     def notebook_metadata(self) -> dict[str, Any]: ...
 
+    def keep_widgets(self) -> None:
+        """The kernel's widget models are about to go (with the kernel): keep their last state
+        as the notebook's ``metadata.widgets``, what its saved file shows them with."""
+        ...
+
     def code_sources(self) -> list[str]:
         """The sources of the notebook's code cells, in order."""
         ...

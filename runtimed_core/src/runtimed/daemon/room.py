@@ -382,6 +382,12 @@ class Room:
     def notebook_metadata(self) -> dict[str, Any]:
         return notebook.get_metadata(self.doc)
 
+    def keep_widgets(self) -> None:
+        widgets = ipynb.widgets_metadata(self.state, self.read_blob)
+        if widgets is not None and notebook.get_metadata(self.doc).get("widgets") != widgets:
+            notebook.set_metadata_value(self.doc, "widgets", widgets)
+            self.doc_changed_locally()
+
     def code_sources(self) -> list[str]:
         return [c.source for c in notebook.read_cells(self.doc) if c.cell_type == "code"]
 
