@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,3 +276,105 @@ def test_ten_thousand_updates_a_second_keep_the_document_small(daemon):
         assert rate > 3_000, f"the loop sent only {rate:.0f} updates/s"  # a flood, as meant
         assert sizes[40_000] < 2 * sizes[2_000] + 50_000, sizes
         assert s.run("print('fine')").stdout == "fine\n"
+
+
+# the live page, in a real browser ---------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("RUNTIMED_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine (apt-get install -y chromium; CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield chromium
+        chromium.close()
+
+
+def test_the_page_shows_a_slider_and_moving_it_changes_the_kernels_value(daemon, browser):
+    with session(daemon) as s:
+        s.run("from ipywidgets import IntSlider, VBox, HTML, Output, Checkbox\n"
+              "w = IntSlider(3, max=10, description='level')\nnote = HTML('<b>bold</b><script>x</script>')\n"
+              "box = VBox([w, note, Checkbox(True, description='on')])\nbox")
+        page = browser.new_page()
+        page.goto(s.show(open_browser=False))
+        slider = page.locator(".widget-slider input[type=range]")
+        slider.wait_for()
+        assert slider.input_value() == "3"
+        assert page.locator(".widget-slider .widget-label").inner_text() == "level"
+        assert page.locator(".widget-html b").inner_text() == "bold", "HTML shown, scripts not"
+        assert page.locator(".widget-html script").count() == 0
+        assert page.locator(".widget-checkbox input").is_checked()
+        slider.focus()
+        for _ in range(4):
+            page.keyboard.press("ArrowRight")
+        wait_until(lambda: s.run("print(w.value)").stdout == "7\n", "the kernel to hold 7", 10)
+        assert s.widget_state()[model_id_of(s, "IntSliderModel")]["value"] == 7
+        s.run("w.value = 9\nw.description = 'changed'")
+        page.wait_for_function("() => document.querySelector('.widget-slider input').value === '9'")
+        assert page.locator(".widget-slider .widget-label").inner_text() == "changed"
+        assert page.locator(".widget-readout").inner_text() == "9"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "widgets.png"), full_page=True)
+        page.close()
+
+
+def model_id_of(s: runtimed.Session, model_name: str) -> str:
+    return next(m for m, st in s.widget_state().items() if st["_model_name"] == model_name)
+
+
+def test_the_page_shows_outputs_buttons_and_widgets_it_cannot_draw(daemon, browser):
+    with session(daemon) as s:
+        s.run("from ipywidgets import Output, Button, DOMWidget\nfrom traitlets import Unicode\n"
+              "class Thing(DOMWidget):\n"
+              "    _model_name = Unicode('ThingModel').tag(sync=True)\n"
+              "    _model_module = Unicode('thing-module').tag(sync=True)\n"
+              "    _view_name = Unicode('ThingView').tag(sync=True)\n"
+              "    _view_module = Unicode('thing-module').tag(sync=True)\n"
+              "    colour = Unicode('teal').tag(sync=True)\n"
+              "out = Output()\nb = Button(description='press')\npressed = []\n"
+              "b.on_click(lambda _: pressed.append(1))\ndisplay(out, b, Thing())\n"
+              "with out:\n    print('captured text')")
+        page = browser.new_page()
+        page.goto(s.show(open_browser=False))
+        captured = page.locator(".widget-output .output.stream")
+        captured.wait_for()
+        assert captured.inner_text() == "captured text\n"
+        unknown = page.locator(".widget-unknown")
+        assert "ThingModel (thing-module)" in unknown.inner_text() and "teal" in unknown.inner_text()
+        page.get_by_role("button", name="press").click()
+        wait_until(lambda: s.run("print(len(pressed))").stdout == "1\n", "the click", 10)
+        s.run("with out:\n    print('more text')")
+        page.wait_for_function("() => document.querySelector('.widget-output .output.stream')"
+                               ".innerText.includes('more text')")
+        s.run("b.close()")
+        page.get_by_text("its state is not available").wait_for()
+        page.close()
+
+
+@pytest.mark.network
+def test_the_page_shows_a_tqdm_bar_filling_up(daemon, browser):
+    with session(daemon) as s:
+        s.set_metadata("runt", json.dumps({"uv": {"dependencies": ["tqdm"]}}))
+        s.start_kernel()
+        page = browser.new_page()
+        page.goto(s.show(open_browser=False))
+        page.wait_for_selector("body[data-state=live]")
+        cell = s.create_cell("import time\nfrom tqdm.notebook import tqdm\n"
+                             "for i in tqdm(range(40), desc='work'):\n    time.sleep(0.05)")
+        s.queue_cell(cell)
+        bar = page.locator("progress.widget-progress")
+        bar.wait_for()
+        page.wait_for_function("() => { const b = document.querySelector('progress'); "
+                               "return b && b.value > 0 && b.value < b.max; }")  # moving, live
+        page.wait_for_function("() => document.querySelector('progress').value === 40")
+        assert bar.get_attribute("data-bar-style") == "success"
+        assert "40/40" in page.locator(".widget-hbox").inner_text()
+        assert "work" in page.locator(".widget-hbox").inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "widgets-tqdm.png"), full_page=True)
+        page.close()

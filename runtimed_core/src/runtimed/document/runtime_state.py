@@ -400,19 +400,26 @@ def read_comm(replica: Replica, comm_id: str, comms: bytes | None = None) -> dic
     return record
 
 
-def model_state(comm: dict[str, Any], read_blob: Callable[[str], bytes | None]) -> dict[str, Any]:
-    """A comm's state (a :func:`read_comm` record's) with its buffers in place, as bytes read
-    with ``read_blob(sha256)``: the state the kernel's side holds."""
+def model_state(comm: dict[str, Any], read_blob: Callable[[str], Any]) -> dict[str, Any]:
+    """A comm's state (a :func:`read_comm` record's) with its buffers in place, each what
+    ``read_blob(sha256)`` gives (its bytes: the state the kernel's side holds)."""
     state = comm["state"]
     for path, ref in comm["buffers"].items():
-        target: Any = state
-        try:
-            for part in path[:-1]:
-                target = target[part]
-            target[path[-1]] = read_blob(ref["sha256"])
-        except (KeyError, IndexError, TypeError):
-            continue  # a path into state the kernel has changed since: nothing to put back
+        put_at(state, path, read_blob(ref["sha256"]))
     return state
+
+
+def put_at(state: Any, path: Iterable[Any], value: Any) -> bool:
+    """Put ``value`` at ``path`` (keys and indexes) in a widget state; False if the path is not
+    in it (the kernel changed the state since)."""
+    *parents, last = path
+    try:
+        for part in parents:
+            state = state[part]
+        state[last] = value
+    except (KeyError, IndexError, TypeError):
+        return False
+    return True
 
 
 def queued_ids(replica: Replica) -> list[str]:
