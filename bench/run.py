@@ -14,6 +14,7 @@ table on stdout. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import datetime as _dt
@@ -42,8 +43,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "memory",
-             "conda_memory", "pool", "restart")
+SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "agents",
+             "memory", "conda_memory", "pool", "restart", "jupyter", "gateway")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
 POOL_PACKAGES = ("ipykernel", "ipywidgets")
@@ -65,6 +66,10 @@ TARGETS = {
     "file_open": "<= 2x nbformat.read",
     "file_save": "<= 2x nbformat.write",
     "execute": "<= 0.25x jupyter execute",
+    "nbclient": "<= 0.3x python3",
+    "gateway_roundtrip": "<= 2x a plain WebSocket client",
+    "mcp_execute": "<= 3x session.run",
+    "stream_latency": "<= 5 ms",
 }
 
 
@@ -363,7 +368,9 @@ class Bench:
         spec = self.specs_dir / KERNEL_NAME
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [str(self.baseline_python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            # as runtimed's python kernels (and nbclient's): IPython's history in memory
+            "argv": [str(self.baseline_python), "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--HistoryManager.hist_file=:memory:"],
             "display_name": "bench baseline", "language": "python",
         }))
 
@@ -418,6 +425,24 @@ class Bench:
             shutil.rmtree(self.root, ignore_errors=True)
         else:
             log(f"kept {self.root}")
+
+
+@contextlib.contextmanager
+def jc_second_client(km: Any) -> Iterator[Any]:
+    """Another client of a kernel, ready, as another process would make it.
+
+    (A second km.client() in the same process never received IOPub here; a client built
+    from the connection file does.)"""
+    from jupyter_client.blocking import BlockingKernelClient
+
+    kc = BlockingKernelClient(connection_file=km.connection_file)
+    kc.load_connection_file()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=30)
+        yield kc
+    finally:
+        kc.stop_channels()
 
 
 def jc_execute(kc: Any, code: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -759,15 +784,7 @@ def scenario_multiclient(b: Bench) -> dict[str, Any]:
     # jupyter_client has no shared document: the nearest thing is a second client seeing what
     # the first did, i.e. client B receiving client A's execute_input on IOPub (through the kernel).
     with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc_a):
-        from jupyter_client.blocking import BlockingKernelClient
-
-        # (a second km.client() in the same process never received IOPub here; a client built
-        # from the connection file, as another process would, does)
-        kc_b = BlockingKernelClient(connection_file=km.connection_file)
-        kc_b.load_connection_file()
-        kc_b.start_channels()
-        try:
-            kc_b.wait_for_ready(timeout=30)
+        with jc_second_client(km) as kc_b:
             while True:  # drain B's IOPub
                 try:
                     kc_b.get_iopub_msg(timeout=0.2)
@@ -794,8 +811,6 @@ def scenario_multiclient(b: Bench) -> dict[str, Any]:
                     times.append(dt)
             out["propagation"] = {**summary(times),
                                   "what": "client A execute() -> client B receives execute_input on IOPub"}
-        finally:
-            kc_b.stop_channels()
 
     side = Side(res, "runtimed", b)
     with side as out, b.daemon("multiclient", uv_pool_size=0) as daemon:
@@ -993,6 +1008,98 @@ def scenario_files(b: Bench) -> dict[str, Any]:
     return res
 
 
+#: A cell that prints the time it prints, every 20 ms: the receiver's clock minus the printed
+#: one is the delay from the kernel's print to the caller (same machine, same clock).
+STREAM_CELL = ("import time\nfor _ in range({n}):\n    time.sleep(0.02)\n"
+               "    print(repr(time.time()), flush=True)\n")
+
+
+def _stamped_lines(text: str, received: float) -> list[float]:
+    return [received - float(line) for line in text.split()]
+
+
+async def _mcp_roundtrips(daemon: Any, n: int, warm: int, budget: float) -> dict[str, Any]:
+    """An MCP client (the SDK's, in this process) on `runtimed mcp` over stdio: execute_cell
+    of one `x=1` cell, n times."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "runtimed", "mcp", "--socket", str(daemon.socket_path)],
+        env=dict(os.environ))
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+        await client.initialize()
+        created = await client.call_tool("create_notebook", {})
+        nb = created.structured_content["notebook_id"]
+        cell = (await client.call_tool("create_cell", {"notebook_id": nb, "source": "x=1"})
+                ).structured_content["cell_id"]
+        times: list[float] = []
+        deadline = time.monotonic() + budget
+        for i in range(warm + n):
+            t0 = time.perf_counter()
+            result = await client.call_tool("execute_cell", {"notebook_id": nb, "cell_id": cell})
+            elapsed = time.perf_counter() - t0
+            if result.is_error or not result.structured_content["success"]:
+                raise RuntimeError(f"MCP execute_cell failed: {result.content}")
+            if i >= warm:
+                times.append(elapsed)
+            if time.monotonic() > deadline:
+                break
+        return {**summary(times), "what": "MCP call_tool('execute_cell') of one x=1 cell, stdio"}
+
+
+def scenario_agents(b: Bench) -> dict[str, Any]:
+    """Agents: an MCP `execute_cell` of x=1 (the SDK's client in this process, `runtimed mcp`
+    over stdio) against `session.run('x=1')` on the same daemon (target <= 3x); and
+    `session.stream()`: from the kernel's print to the caller (target <= 5 ms p50), against
+    jupyter_client's IOPub message of the same print."""
+    n = 40 if b.quick else 200
+    lines = 50 if b.quick else 200
+    warm, budget = 5, 120.0
+    res: dict[str, Any] = {"runs": n, "stream_lines": lines}
+    cell_code = STREAM_CELL.format(n=lines)
+
+    with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (_km, kc):
+        delays: list[float] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                delays.extend(_stamped_lines(msg["content"]["text"], time.time()))
+        with watchdog(120, "jupyter_client stream"):
+            kc.execute_interactive(cell_code, timeout=120, output_hook=hook, allow_stdin=False)
+        out["stream_latency"] = {**summary(delays), "what": "iopub stream message, output_hook"}
+
+    side = Side(res, "runtimed", b)
+    with side as out, b.daemon("agents", uv_pool_size=2) as daemon:
+        session = daemon.session()
+        try:
+            with watchdog(90, "start_kernel"):
+                session.start_kernel()
+                b.wait_pool(daemon, 2)
+
+            def once() -> None:
+                rt_check(session.run("x=1"), "x=1")
+            with watchdog(budget + 60, "runtimed session.run round trips"):
+                for _ in range(warm):
+                    once()
+                times, _ = _roundtrip_series(once, n, budget)
+            out["run"] = {**summary(times), "what": "session.run('x=1')"}
+            delays = []
+            with watchdog(120, "runtimed stream"):
+                for event in session.stream(session.create_cell(cell_code), timeout_secs=120):
+                    if event.kind == "output" and event.output.output_type == "stream":
+                        delays.extend(_stamped_lines(event.output.text, time.time()))
+            if len(delays) != lines:
+                raise RuntimeError(f"stream: {len(delays)} of {lines} lines arrived")
+            out["stream_latency"] = {**summary(delays), "what": "session.stream() output events"}
+        finally:
+            close_session(session)
+        b.wait_pool(daemon, 2)
+        with watchdog(budget + 120, "MCP execute_cell round trips"):
+            out["mcp_execute_cell"] = asyncio.run(_mcp_roundtrips(daemon, n, warm, budget))
+    return res
+
+
 JC_MEMORY_CHILD = r"""
 import json, os, sys, time, warnings
 warnings.filterwarnings("ignore")
@@ -1126,13 +1233,7 @@ def scenario_viewer(b: Bench) -> dict[str, Any]:
     res: dict[str, Any] = {"repetitions": reps, "warmups": warm, "png_bytes": PNG_RAW_BYTES}
 
     with Side(res, "jupyter_client", b) as out, b.jc_kernel() as (km, kc_a):
-        from jupyter_client.blocking import BlockingKernelClient
-
-        kc_b = BlockingKernelClient(connection_file=km.connection_file)
-        kc_b.load_connection_file()
-        kc_b.start_channels()
-        try:
-            kc_b.wait_for_ready(timeout=30)
+        with jc_second_client(km) as kc_b:
             jc_execute(kc_a, PNG_SETUP)
             times = []
             for i in range(warm + reps):
@@ -1151,8 +1252,6 @@ def scenario_viewer(b: Bench) -> dict[str, Any]:
                     times.append(dt)
             out["second_client"] = {**summary(times),
                                     "what": "A execute() -> client B receives the display_data on IOPub"}
-        finally:
-            kc_b.stop_channels()
 
     side = Side(res, "runtimed", b)
     with side as out, b.daemon("viewer", uv_pool_size=1) as daemon:
@@ -1393,6 +1492,184 @@ def scenario_restart(b: Bench) -> dict[str, Any]:
     return res
 
 
+def scenario_jupyter(b: Bench) -> dict[str, Any]:
+    """nbclient runs a one-cell notebook start to end (NotebookClient.execute(), in this process):
+    with the `runtimed-python` kernelspec (runtimed's provisioner, a hot kernel) vs a plain
+    `python3`-style kernelspec of the baseline env, alternating run by run."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat import v4
+
+    runs = 3 if b.quick else 7
+    res: dict[str, Any] = {"runs": runs, "warmups": 1, "interleaved": True}
+    folder = b.root / "jupyter"
+    data = folder / "data"
+    (data / "kernels").mkdir(parents=True)
+    (data / "kernels" / KERNEL_NAME).symlink_to(b.specs_dir / KERNEL_NAME)
+    nb = v4.new_notebook()
+    nb.cells = [v4.new_code_cell("print('hello')")]
+
+    def execute(kernel_name: str) -> float:
+        copy = nbformat.from_dict(json.loads(json.dumps(nb)))
+        t0 = time.perf_counter()
+        with watchdog(120, f"nbclient with {kernel_name}"):
+            NotebookClient(copy, kernel_name=kernel_name, timeout=60,
+                           resources={"metadata": {"path": str(folder)}}).execute()
+        took = time.perf_counter() - t0
+        assert copy.cells[0].outputs[0]["text"] == "hello\n", copy.cells[0].outputs
+        return took
+
+    jc, rt = Side(res, "jupyter_client", b), Side(res, "runtimed", b)
+    jc_times: list[float] = []
+    rt_times: list[float] = []
+    old_path = os.environ.get("JUPYTER_PATH")
+    with rt as out, b.daemon("jupyter", uv_pool_size=1, hot_kernels=1) as daemon:
+        subprocess.run([sys.executable, "-m", "runtimed", "kernelspec", "install", "--prefix",
+                        str(folder / "prefix"), "--socket", str(daemon.socket_path)],
+                       check=True, capture_output=True, timeout=60)
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            [str(folder / "prefix" / "share" / "jupyter"), str(data)])
+        try:
+            for _ in range(1 + runs):
+                with jc:
+                    jc_times.append(execute(KERNEL_NAME))
+                b.wait_hot(daemon)
+                rt_times.append(execute("runtimed-python"))
+        finally:
+            if old_path is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old_path
+        out["execute"] = summary(rt_times[1:])
+        out["first_run"] = rt_times[0]  # includes importing runtimed in this process
+    if len(jc_times) > 1:
+        res["jupyter_client"]["execute"] = summary(jc_times[1:])
+    return res
+
+
+def _ws_roundtrips(url: str, token: str, n: int, quickack: bool) -> list[float]:
+    """x=1 round trips (execute_request to its reply and idle) over a gateway kernel's channels
+    WebSocket with the websockets library, as a plain client does (``quickack``: with
+    TCP_QUICKACK re-armed after every frame, as runtimed's gateway launcher does)."""
+    import asyncio
+    import socket
+    import urllib.request
+
+    from websockets.asyncio.client import connect
+
+    headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+
+    def rest(method: str, path: str, body: Any = None) -> Any:
+        req = urllib.request.Request(url + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            text = resp.read()
+            return json.loads(text) if text else None
+
+    session = uuid.uuid4().hex
+
+    def message(msg_type: str, content: dict[str, Any]) -> tuple[str, str]:
+        msg_id = uuid.uuid4().hex
+        return msg_id, json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": msg_type, "session": session,
+                       "username": "bench", "version": "5.3",
+                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat()},
+            "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"})
+
+    async def run() -> list[float]:
+        kernel = rest("POST", "/api/kernels", {"name": "python3"})
+        ws_url = "ws" + url[len("http"):] + f"/api/kernels/{kernel['id']}/channels?session_id={session}"
+        times = []
+        try:
+            async with connect(ws_url, additional_headers=headers, max_size=None,
+                               compression=None) as ws:
+                sock = ws.transport.get_extra_info("socket")
+
+                def arm() -> None:
+                    if quickack:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+                arm()
+                msg_id, frame = message("kernel_info_request", {})
+                await ws.send(frame)
+                while json.loads(await ws.recv())["header"]["msg_type"] != "kernel_info_reply":
+                    arm()
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    msg_id, frame = message("execute_request", {
+                        "code": "x=1", "silent": False, "store_history": True,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": False})
+                    await ws.send(frame)
+                    replied = idle = False
+                    while not (replied and idle):
+                        msg = json.loads(await ws.recv())
+                        arm()
+                        if msg["parent_header"].get("msg_id") != msg_id:
+                            continue
+                        replied = replied or msg["header"]["msg_type"] == "execute_reply"
+                        idle = idle or (msg["header"]["msg_type"] == "status"
+                                        and msg["content"]["execution_state"] == "idle")
+                    times.append(time.perf_counter() - t0)
+        finally:
+            rest("DELETE", f"/api/kernels/{kernel['id']}")
+        return times
+
+    return asyncio.run(run())
+
+
+def scenario_gateway(b: Bench) -> dict[str, Any]:
+    """A trivial cell (x=1) through a real Jupyter Kernel Gateway on 127.0.0.1: runtimed's gateway
+    launcher (session.run and execute_cell, 100 runs each) vs a plain websocket client of the same
+    gateway (the baseline), and the plain client with TCP_QUICKACK (information)."""
+    from runtimed_gateway_kernel.testing import Gateway
+
+    n = 30 if b.quick else 100
+    res: dict[str, Any] = {"runs": n, "warmups": 5}
+    venv = b.root / "gateway-venv"
+    uv_bin = find_uv()
+    env = {**os.environ, **b.uv_env}
+    for argv in ([uv_bin, "venv", "--quiet", "--python", sys.executable, str(venv)],
+                 [uv_bin, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+                  "jupyter_kernel_gateway", "ipykernel"]):
+        subprocess.run(argv, env=env, check=True, capture_output=True, timeout=900)
+    (b.root / "gateway").mkdir()
+    gateway = Gateway("kernel_gateway", venv, b.root / "gateway").start()
+    try:
+        with Side(res, "jupyter_client", b) as out:
+            times = _ws_roundtrips(gateway.url, gateway.token, 5 + n, quickack=False)
+            out["run"] = summary(times[5:])
+            times = _ws_roundtrips(gateway.url, gateway.token, 5 + n, quickack=True)
+            out["run_quickack"] = summary(times[5:])
+        gw_env = {"RUNTIMED_GATEWAY_URL": gateway.url, "RUNTIMED_GATEWAY_TOKEN": gateway.token}
+        with Side(res, "runtimed", b) as out, b.daemon("gateway", uv_pool_size=0, hot_kernels=0,
+                                                       env=gw_env) as daemon:
+            import runtimed
+
+            s = runtimed.Session(socket_path=daemon.socket_path)
+            try:
+                t0 = time.perf_counter()
+                s.start_kernel(kernel_type="gateway:python3")
+                out["start_kernel"] = time.perf_counter() - t0
+                runs = []
+                for _ in range(5 + n):
+                    t0 = time.perf_counter()
+                    rt_check(s.run("x=1"), "x=1")
+                    runs.append(time.perf_counter() - t0)
+                out["run"] = summary(runs[5:])
+                cell = s.create_cell("x=1")
+                runs = []
+                for _ in range(5 + n):
+                    t0 = time.perf_counter()
+                    rt_check(s.execute_cell(cell), "x=1")
+                    runs.append(time.perf_counter() - t0)
+                out["execute_cell"] = summary(runs[5:])
+            finally:
+                close_session(s)
+    finally:
+        gateway.stop()
+    return res
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "start": scenario_start,
     "roundtrip": scenario_roundtrip,
@@ -1401,10 +1678,13 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "bigdoc": scenario_bigdoc,
     "files": scenario_files,
     "viewer": scenario_viewer,
+    "agents": scenario_agents,
     "memory": scenario_memory,
     "conda_memory": scenario_conda_memory,
     "pool": scenario_pool,
     "restart": scenario_restart,
+    "jupyter": scenario_jupyter,
+    "gateway": scenario_gateway,
 }
 
 
@@ -1553,6 +1833,17 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
               target=TARGETS["png_visible"], limit=0.05, jc_path=("second_client",))
         timed("... and in an open viewer page (update + blob fetched), p50", r, ("viewer",),
               target=TARGETS["png_visible"], limit=0.05, jc_path=("second_client",))
+    if "agents" in scen:
+        r = scen["agents"]
+        run_p50 = _get(r, "runtimed", "run", "median")
+        mcp_p50 = _get(r, "runtimed", "mcp_execute_cell", "median")
+        rt_s = _err(r.get("runtimed")) or (f"{fmt_time(mcp_p50)} ({_ratio(mcp_p50, run_p50)} of "
+                                           f"session.run {fmt_time(run_p50)})" if mcp_p50 else "-")
+        add("MCP execute_cell of x=1, stdio, client in process (p50)", rt_s, "-", "-",
+            TARGETS["mcp_execute"], None if not (mcp_p50 and run_p50) else mcp_p50 <= 3 * run_p50)
+        timed("stream(): kernel print -> caller (p50)", r, ("stream_latency",),
+              target=TARGETS["stream_latency"], limit=0.005)
+        timed("stream(): kernel print -> caller (p95)", r, ("stream_latency",), stat="p95")
     if "memory" in scen:
         r = scen["memory"]
         rt, jc = r.get("runtimed"), r.get("jupyter_client")
@@ -1588,6 +1879,15 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     if "restart" in scen:
         timed("restart -> result of 1+1 (median)", scen["restart"], ("total",), target=TARGETS["restart"],
               limit=0.7)
+    if "jupyter" in scen:
+        timed("nbclient, one-cell notebook, start to end: runtimed-python vs python3 (median)",
+              scen["jupyter"], ("execute",), target=TARGETS["nbclient"], jc_limit_ratio=0.3)
+    if "gateway" in scen:
+        r = scen["gateway"]
+        timed("x=1 through a Kernel Gateway, p50: gateway launcher (session.run) vs a plain "
+              "WebSocket client", r, ("run",), target=TARGETS["gateway_roundtrip"], jc_limit_ratio=2)
+        timed("x=1 through a Kernel Gateway, p50: execute_cell vs the plain client with TCP_QUICKACK",
+              r, ("execute_cell",), jc_path=("run_quickack",))
     return rows
 
 

@@ -22,7 +22,8 @@ def test_every_sync_method_has_an_async_twin(sync, async_):
     for name in _public(sync) - {"notebook_id"}:
         member = getattr(async_, name)
         if not isinstance(member, property):
-            assert inspect.iscoroutinefunction(member), f"{async_.__name__}.{name} is not async"
+            assert inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member), \
+                f"{async_.__name__}.{name} is not async"
 
 
 def test_seed_names_exist():
@@ -58,3 +59,18 @@ def test_notebook_file_names_exist():
     for name in ("metadata", "outputs"):
         assert name in runtimed.Cell.__dataclass_fields__
     assert issubclass(runtimed.NotebookFileError, runtimed.RuntimedError)
+
+
+def test_agent_names_exist():
+    for cls in (runtimed.Session, runtimed.AsyncSession):
+        for name in ("stream", "get_result", "complete", "inspect", "get_dependencies",
+                     "add_dependency", "remove_dependency", "sync_environment"):
+            assert hasattr(cls, name), f"{cls.__name__}.{name}"
+        for name in ("execute_cell", "run", "stream"):
+            assert "stdin" in inspect.signature(getattr(cls, name)).parameters, f"{cls.__name__}.{name}"
+    assert inspect.isasyncgenfunction(runtimed.AsyncSession.stream)
+    assert inspect.isgeneratorfunction(runtimed.Session.stream)
+    for cls in (runtimed.DaemonClient, runtimed.AsyncDaemonClient):
+        assert hasattr(cls, "get_result")
+    assert runtimed.ExecutionEvent("done").kind == "done"
+    assert issubclass(runtimed.ExecutionNotFound, LookupError)

@@ -159,6 +159,7 @@ class FakeHost:
         self.writer = RuntimeStateWriter(Replica())
         self.pending: list[Callable[[], None]] = []
         self.cells: dict[str, tuple[str, int | None]] = {}
+        self.finished: list[str] = []
 
     def schedule_flush(self, delay: float = 0.0) -> None:
         pass
@@ -201,6 +202,9 @@ class FakeHost:
 
     def current_executions(self) -> set[str]:
         return {eid for eid, _ in self.cells.values()}
+
+    def execution_finished(self, execution_id: str) -> None:
+        self.finished.append(execution_id)
 
 
 class RecordingSink(OutputSink):

@@ -18,10 +18,9 @@ import pytest
 import runtimed
 from runtimed.protocol.jupyter import JupyterCodec
 from runtimed.testing import wait_until
-from runtimed.web.sidecar import KernelOutputs
+from runtimed.web.sidecar import KernelOutputs, Shown
 
 ROOT = Path(__file__).parents[2]
-ARTIFACTS = Path(os.environ.get("RUNTIMED_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAFklEQVR4nGP8z8DwnwEKmBiQAAMDAD0AAv8LE4CdAAAAAElFTkSuQmCC"
 RICH = (
     "import base64\nfrom IPython.display import HTML, SVG, Image, Latex, display\n"
@@ -67,7 +66,7 @@ def test_the_page_gets_a_snapshot_then_only_what_changed():
     outputs = KernelOutputs()
     outputs.handle(message("execute_input", {"code": "a"}, parent="a"))
     outputs.handle(message("execute_input", {"code": "b"}, parent="b"))
-    sent: dict[str, int] = {}
+    sent = Shown()
     first = json.loads(outputs.page_message("t", "python3", sent))
     assert first["type"] == "snapshot" and first["order"] == ["a", "b"] and set(first["cells"]) == {"a", "b"}
     assert outputs.page_message("t", "python3", sent) is None, "nothing new, nothing sent"
@@ -113,6 +112,8 @@ def kernel(kernel_venv: Path, tmp_path: Path) -> Iterator:
         client.stop_channels()
         if manager.is_alive():
             manager.shutdown_kernel(now=True)
+        else:  # killed, or shut down by the test: its sockets and ZMQ context still go
+            manager.cleanup_resources()
 
 
 def run(client, code: str) -> str:  # noqa: ANN001
@@ -142,19 +143,8 @@ def gone(pid: int) -> bool:
         return False
 
 
-CHROMIUM = __import__("shutil").which("chromium")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if CHROMIUM is None:
-        pytest.skip("no Chromium on this machine (apt-get install -y chromium; CI installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield chromium
-        chromium.close()
 
 
 def shows(page, selector: str, text: str) -> None:  # noqa: ANN001
@@ -163,7 +153,7 @@ def shows(page, selector: str, text: str) -> None:  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_inside_a_kernel_the_sidecar_shows_its_displays_live(kernel, browser):
+def test_inside_a_kernel_the_sidecar_shows_its_displays_live(kernel, browser, artifacts):
     manager, client = kernel
     printed = run(client, "from runtimed import sidecar\ns = sidecar()\nprint(s.url, s.process.pid)\n"
                   + RICH + "print('same cell')")
@@ -184,8 +174,7 @@ def test_inside_a_kernel_the_sidecar_shows_its_displays_live(kernel, browser):
     shows(page, ".output.error", "ZeroDivisionError")
     assert page.locator(".output[data-mime='text/markdown'] .katex").count() == 1
     assert "1/0" in page.locator(".cell").last.locator(".source").inner_text()
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "sidecar-kernel.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "sidecar-kernel.png"), full_page=True)
     assert run(client, "print(s.running)") == "True\n"
     page.close()
     manager.shutdown_kernel()
@@ -250,7 +239,7 @@ def test_bad_signatures_are_dropped(tmp_path):
 
 # terminal IPython, bridged -----------------------------------------------------------------------
 @pytest.mark.slow
-def test_terminal_ipython_is_bridged(kernel_venv, browser, tmp_path):
+def test_terminal_ipython_is_bridged(kernel_venv, browser, tmp_path, artifacts):
     (tmp_path / "ipython").mkdir()
     shell = subprocess.Popen(
         [str(kernel_venv / "bin" / "ipython"), "--simple-prompt", "--colors=NoColor", "--no-banner",
@@ -288,7 +277,7 @@ def test_terminal_ipython_is_bridged(kernel_venv, browser, tmp_path):
         frame = next(f for f in page.frames if f != page.main_frame)
         assert frame.locator("#p").inner_text() == "bridged"
         assert page.locator(".cell .prompt").all_inner_texts()[-2:] == ["[3]:", "[4]:"]
-        page.screenshot(path=str(ARTIFACTS / "sidecar-ipython.png"), full_page=True)
+        page.screenshot(path=str(artifacts / "sidecar-ipython.png"), full_page=True)
         page.close()
         type_line("exit")
         shell.wait(30)
@@ -298,6 +287,8 @@ def test_terminal_ipython_is_bridged(kernel_venv, browser, tmp_path):
         if shell.poll() is None:
             shell.kill()
             shell.wait()
+        shell.stdin.close()
+        shell.stdout.close()
 
 
 def test_outside_ipython_a_connection_file_is_needed():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +11,6 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,10 +26,6 @@ from runtimed.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium on this machine (apt-get install -y chromium; CI has it)")
-ARTIFACTS = Path(os.environ.get("RUNTIMED_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAFklEQVR4nGP8z8DwnwEKmBiQAAMDAD0AAv8LE4CdAAAAAElFTkSuQmCC"
 RICH_CELL = (
@@ -105,6 +99,13 @@ def test_images_are_blobs_byte_exact_and_served_only_with_the_secret(daemon):
         status, _, body = get(root + "/health", cookie)
         assert status == 200 and json.loads(body)["ok"] is True
         assert get(root + "/health")[0] == 403
+        kept = daemon.client().get_result(result.execution_id).outputs[0]
+        assert kept.data["image/png"].strip() == PNG, "a result fetched by id has its blobs too"
+        cell = s.create_cell(f"display(Image(data=base64.b64decode('{PNG}')))")
+        [done] = [e for e in s.stream(cell) if e.kind == "done"]
+        assert done.result.outputs[0].data["image/png"].strip() == PNG, "and a streamed one"
+        answered = s.execute_cell(cell, stdin=lambda prompt, password: "")
+        assert answered.outputs[0].data["image/png"].strip() == PNG, "and one run with stdin"
 
 
 def test_a_corrupt_blob_is_never_served(daemon):
@@ -229,20 +230,9 @@ def test_show_and_runtimed_open_give_the_page(daemon, tmp_path):
 
 
 # in a real browser ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if CHROMIUM is None:
-        pytest.skip("no Chromium on this machine (apt-get install -y chromium; CI installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield chromium
-        chromium.close()
 
 
-@needs_browser
-def test_the_page_shows_every_kind_of_output_live(daemon, browser):
+def test_the_page_shows_every_kind_of_output_live(daemon, browser, artifacts):
     with session(daemon) as s:
         s.create_cell("# Results\n\nEuler: $e^{i\\pi} + 1 = 0$, and <script>alert(1)</script>", "markdown")
         s.run(RICH_CELL)
@@ -264,12 +254,10 @@ def test_the_page_shows_every_kind_of_output_live(daemon, browser):
         s.run("print('after the page loaded')")
         page.wait_for_function("() => [...document.querySelectorAll('.output.stream')]"
                                ".some(e => e.innerText.includes('after the page loaded'))")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+        page.screenshot(path=str(artifacts / "viewer.png"), full_page=True)
         page.close()
 
 
-@needs_browser
 def test_the_page_without_the_secret_is_forbidden(daemon, browser):
     with session(daemon) as s:
         url = s.show(open_browser=False).split("&token=")[0]
@@ -291,9 +279,8 @@ def test_results_display_richly_in_jupyter(daemon):
         assert text["text/plain"] == "plain\n"
 
 
-@needs_browser
 @pytest.mark.network
-def test_a_matplotlib_figure_shows_on_the_page(daemon, browser):
+def test_a_matplotlib_figure_shows_on_the_page(daemon, browser, artifacts):
     with session(daemon) as s:
         s.set_metadata("runt", json.dumps({"uv": {"dependencies": ["matplotlib"]}}))
         s.start_kernel()
@@ -303,6 +290,5 @@ def test_a_matplotlib_figure_shows_on_the_page(daemon, browser):
         page = browser.new_page()
         page.goto(s.show(open_browser=False))
         page.wait_for_function("() => [...document.images].some(i => i.naturalWidth > 300)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "viewer-matplotlib.png"), full_page=True)
+        page.screenshot(path=str(artifacts / "viewer-matplotlib.png"), full_page=True)
         page.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,23 +277,7 @@ def test_ten_thousand_updates_a_second_keep_the_document_small(daemon):
 
 
 # the live page, in a real browser ---------------------------------------------------------------
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(os.environ.get("RUNTIMED_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if CHROMIUM is None:
-        pytest.skip("no Chromium on this machine (apt-get install -y chromium; CI installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield chromium
-        chromium.close()
-
-
-def test_the_page_shows_a_slider_and_moving_it_changes_the_kernels_value(daemon, browser):
+def test_the_page_shows_a_slider_and_moving_it_changes_the_kernels_value(daemon, browser, artifacts):
     with session(daemon) as s:
         s.run("from ipywidgets import IntSlider, VBox, HTML, Output, Checkbox\n"
               "w = IntSlider(3, max=10, description='level')\nnote = HTML('<b>bold</b><script>x</script>')\n"
@@ -318,8 +300,7 @@ def test_the_page_shows_a_slider_and_moving_it_changes_the_kernels_value(daemon,
         page.wait_for_function("() => document.querySelector('.widget-slider input').value === '9'")
         assert page.locator(".widget-slider .widget-label").inner_text() == "changed"
         assert page.locator(".widget-readout").inner_text() == "9"
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "widgets.png"), full_page=True)
+        page.screenshot(path=str(artifacts / "widgets.png"), full_page=True)
         page.close()
 
 
@@ -357,7 +338,7 @@ def test_the_page_shows_outputs_buttons_and_widgets_it_cannot_draw(daemon, brows
 
 
 @pytest.mark.network
-def test_the_page_shows_a_tqdm_bar_filling_up(daemon, browser):
+def test_the_page_shows_a_tqdm_bar_filling_up(daemon, browser, artifacts):
     with session(daemon) as s:
         s.set_metadata("runt", json.dumps({"uv": {"dependencies": ["tqdm"]}}))
         s.start_kernel()
@@ -375,6 +356,5 @@ def test_the_page_shows_a_tqdm_bar_filling_up(daemon, browser):
         assert bar.get_attribute("data-bar-style") == "success"
         assert "40/40" in page.locator(".widget-hbox").inner_text()
         assert "work" in page.locator(".widget-hbox").inner_text()
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "widgets-tqdm.png"), full_page=True)
+        page.screenshot(path=str(artifacts / "widgets-tqdm.png"), full_page=True)
         page.close()

@@ -80,7 +80,10 @@ def test_conda_kernels_through_a_real_daemon(
             inline_prefix, version = kernel_report(session)
             assert version == "1.0.0"
             assert Path(inline_prefix).name.startswith("conda-inline-")
-        assert any(p.startswith("Solving metadata.runt.conda") for p in progress), progress
+        # Progress is a field of the runtime state: the client sees the latest step of each sync,
+        # so a quick step may be passed over; every step is in the daemon's log.
+        assert any(p.startswith("Linking packages") for p in progress), progress
+        assert "inline-1: Solving metadata.runt.conda" in daemon.log()
 
         # The same spec in another notebook reuses the cached env.
         with daemon.session("inline-2") as session:

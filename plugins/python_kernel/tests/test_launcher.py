@@ -18,7 +18,7 @@ def test_command_and_environment(tmp_path):
     )
     launcher = PythonKernelLauncher(DaemonConfig())
     assert launcher.command(ctx) == [str(tmp_path / "env" / "bin" / "python"), "-m", "ipykernel_launcher",
-                                     "-f", "/run/k.json"]
+                                     "-f", "/run/k.json", "--HistoryManager.hist_file=:memory:"]
     kernel_env = launcher.environment(ctx)
     assert kernel_env["VIRTUAL_ENV"] == str(tmp_path / "env")
     assert kernel_env["PATH"] == f"{tmp_path / 'env' / 'bin'}:/usr/bin"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import sys
@@ -223,7 +224,7 @@ def _exec(args: argparse.Namespace) -> int:
     try:
         session.start_kernel(args.kernel_type, args.env_source, args.notebook_path, on_progress=progress)
         progress.done()
-        result = session.run(code, timeout_secs=args.timeout)
+        result = _run_live(session, code, args.timeout, show=not args.json)
         env_source = session.env_source
     finally:
         progress.done()
@@ -235,15 +236,38 @@ def _exec(args: argparse.Namespace) -> int:
         print(json.dumps({"success": result.success, "execution_count": result.execution_count,
                           "env_source": env_source,
                           "outputs": [o.__dict__ for o in result.outputs]}, indent=2, default=str))
-        return 0 if result.success else 1
-    for out in result.outputs:
-        if out.output_type == "stream":
-            (sys.stdout if out.name == "stdout" else sys.stderr).write(out.text or "")
-        elif out.output_type in ("execute_result", "display_data") and out.data:
-            print(out.data.get("text/plain", f"<{', '.join(out.data)}>"))
-        elif out.output_type == "error":
-            print("\n".join(out.traceback or [f"{out.ename}: {out.evalue}"]), file=sys.stderr)
     return 0 if result.success else 1
+
+
+def _print_output(out: Any) -> None:
+    if out.output_type == "stream":
+        stream = sys.stdout if out.name == "stdout" else sys.stderr
+        stream.write(out.text or "")
+        stream.flush()
+    elif out.output_type in ("execute_result", "display_data") and out.data:
+        print(out.data.get("text/plain", f"<{', '.join(out.data)}>"), flush=True)
+    elif out.output_type == "error":
+        print("\n".join(out.traceback or [f"{out.ename}: {out.evalue}"]), file=sys.stderr, flush=True)
+
+
+def _terminal_input(prompt: str, password: bool) -> str:
+    """Answer the cell's ``input()`` from this terminal (``getpass()``: without echo)."""
+    if password:
+        return getpass.getpass(prompt)
+    return input(prompt)
+
+
+def _run_live(session: Any, code: str, timeout: float, *, show: bool) -> Any:
+    """Run ``code``, its outputs printed as they come (with ``show``) and its ``input()``
+    answered from the terminal; its result."""
+    cell_id = session.create_cell(code)
+    result = None
+    for event in session.stream(cell_id, timeout_secs=timeout, stdin=_terminal_input):
+        if event.kind == "output" and show:
+            _print_output(event.output)
+        elif event.kind == "done":
+            result = event.result
+    return result
 
 
 def parameter_value(text: str) -> Any:
@@ -359,6 +383,40 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Entry-point group of subcommands other distributions add: each entry point is a function
+#: ``register(subparsers)`` that adds its parser (cheaply: argparse only) with a ``func``.
+COMMANDS_GROUP = "runtimed.commands"
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """The subcommands installed distributions add (:data:`COMMANDS_GROUP`)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=COMMANDS_GROUP):
+        if entry.name in sub.choices:
+            continue
+        try:
+            entry.load()(sub)
+        except Exception as exc:  # a broken plugin must not take the built-in commands down
+            print(f"runtimed: warning: the command {entry.name!r} ({entry.value}) could not be "
+                  f"loaded: {exc}", file=sys.stderr)
+
+
+
+def _kernelspec_install(args: argparse.Namespace) -> int:
+    from runtimed import kernelspec
+
+    spec: dict[str, Any] = {"kernel_type": args.kernel_type, "env_source": args.env_source,
+                            "language": args.language, "socket_path": args.socket}
+    if args.display_name:
+        spec["display_name"] = args.display_name
+    target = kernelspec.install(args.name, user=args.user, prefix=args.prefix, **spec)
+    print(target)
+    print(f"installed the Jupyter kernelspec {args.name!r}: its kernels come from the runtimed "
+          f"daemon (e.g. jupyter execute --kernel_name={args.name} NB.ipynb)", file=sys.stderr)
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     from runtimed import configfile
     from runtimed.config import check_file, effective
@@ -405,9 +463,9 @@ def _daemon_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--log-level", help="debug, info, warning, error (env RUNTIMED_LOG_LEVEL)")
 
 
-def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
+def build_parser(plugin_flags: bool = False, plugin_commands: bool = True) -> argparse.ArgumentParser:
     """The CLI; with ``plugin_flags``, ``run`` and ``config`` also take the installed plugins'
-    settings."""
+    settings; with ``plugin_commands``, the subcommands of :data:`COMMANDS_GROUP` are there too."""
     from runtimed.version import __version__
 
     parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
@@ -468,6 +526,25 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
     view.add_argument("--socket", help="daemon socket (env RUNTIMED_SOCKET_PATH)")
     view.set_defaults(func=_open)
 
+    spec = sub.add_parser("kernelspec", help="a Jupyter kernelspec whose kernels come from the daemon")
+    spec_sub = spec.add_subparsers(dest="kernelspec_command", required=True)
+    install = spec_sub.add_parser(
+        "install", help="install it, so JupyterLab, nbclient and papermill get runtimed's kernels")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true",
+                       help="into your Jupyter data dir (default: this environment's sys.prefix)")
+    where.add_argument("--prefix", help="into PREFIX/share/jupyter/kernels")
+    install.add_argument("--name", default="runtimed-python", help="kernelspec name (default runtimed-python)")
+    install.add_argument("--display-name", help="name shown in Jupyter (default 'Python (runtimed)')")
+    install.add_argument("--kernel-type", default="auto",
+                         help="what start_kernel gets (default auto: the daemon's default kernel)")
+    install.add_argument("--env-source", default="prewarmed",
+                         help="what start_kernel gets (default prewarmed: a hot kernel when ready)")
+    install.add_argument("--language", default="python", help="the spec's language (default python)")
+    install.add_argument("--socket", help="always use the daemon on this socket "
+                                          "(default: the one clients find, RUNTIMED_SOCKET_PATH)")
+    install.set_defaults(func=_kernelspec_install)
+
     for name, func, doc, has_json in (
         ("status", _status, "the daemon's version and pools (never starts one)", True),
         ("ping", _ping, "check that the daemon answers (never starts one)", True),
@@ -481,7 +558,13 @@ def build_parser(plugin_flags: bool = False) -> argparse.ArgumentParser:
         if has_json:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
         cmd.set_defaults(func=func)
+    if plugin_commands:
+        _add_plugin_commands(sub)
     return parser
+
+
+BUILT_IN_COMMANDS = frozenset(("run", "config", "exec", "execute", "open", "kernelspec", "status",
+                               "ping", "list-rooms", "flush", "shutdown", "plugins"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,8 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in argv
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
-        # Only `run` and `config` load the plugins to parse their flags: others stay lean.
-        args = build_parser(plugin_flags=command in ("run", "config")).parse_args(argv)
+        # Only `run` and `config` load the plugins to parse their flags, and only a command that
+        # is not built in looks for the commands other distributions add: the others stay lean.
+        args = build_parser(plugin_flags=command in ("run", "config"),
+                            plugin_commands=command not in BUILT_IN_COMMANDS).parse_args(argv)
         return args.func(args)
     except DaemonNotRunning as exc:
         if verbose:

@@ -9,6 +9,7 @@ Every error a user can see is a :class:`RuntimedError`. The tree::
     ├── ProtocolError              malformed frames, bad handshakes, unknown requests
     ├── CellNotFound (LookupError) a cell id that is not in the notebook
     ├── CommNotFound (LookupError) a comm (widget model) the kernel has not opened, or closed
+    ├── ExecutionNotFound (LookupError) an execution id the daemon has no result for
     ├── InvalidRequest (ValueError) bad arguments: markdown cell executed, malformed metadata JSON
     ├── KernelError                anything about the kernel
     │   ├── NoKernel               no kernel runs (it was shut down, or never started)
@@ -87,6 +88,14 @@ class CommNotFound(RuntimedError, LookupError):
         return self.context.get("comm_id")
 
 
+class ExecutionNotFound(RuntimedError, LookupError):
+    """``get_result`` of an id the daemon never ran, or whose result is no longer kept."""
+
+    @property
+    def execution_id(self) -> str | None:
+        return self.context.get("execution_id")
+
+
 class InvalidRequest(RuntimedError, ValueError):
     pass
 
@@ -140,7 +149,7 @@ _BY_NAME: dict[str, type[RuntimedError]] = {
     cls.__name__: cls
     for cls in (
         RuntimedError, DaemonUnavailable, DaemonNotRunning, NotConnected, ProtocolError, InvalidRequest,
-        CommNotFound,
+        CommNotFound, ExecutionNotFound,
         KernelError, NoKernel, KernelLaunchFailed, KernelDied, ExecutionTimeout,
         EnvironmentFailed, NotebookFileError, PluginError, ConfigError,
     )

@@ -34,8 +34,14 @@ Deliver = Callable[[str, dict[str, Any]], None]
 class KernelChannels(ABC):
     """Jupyter messages to and from a kernel whose channels are not ZMQ sockets.
 
-    Required: :meth:`open`, :meth:`send`, :meth:`close`.
+    Required: :meth:`open`, :meth:`send`, :meth:`close`. Optional: :attr:`supports_stdin`.
     """
+
+    #: Optional. True if these channels carry the kernel's stdin channel: the daemon then
+    #: lets cells call ``input()`` (``allow_stdin``) for clients that answer, and answers the
+    #: kernel's ``input_request`` with ``send("stdin", "input_reply", content, parent=header)``
+    #: (so :meth:`send` must take a ``parent`` keyword, the header being answered).
+    supports_stdin: bool = False
 
     @abstractmethod
     def open(self, deliver: Deliver) -> None:
@@ -57,7 +63,8 @@ class KernelHandle(ABC):
 
     Required: :attr:`connection_info`, :meth:`is_alive`, :meth:`wait`,
     :meth:`interrupt`, :meth:`kill`. Optional: :meth:`cleanup`, :attr:`exit_code`,
-    :meth:`log_tail`, :meth:`channels`, :attr:`interrupt_mode`, :attr:`pid`.
+    :attr:`exit_reason`, :meth:`log_tail`, :meth:`channels`, :meth:`shutdown`,
+    :meth:`restart`, :attr:`interrupt_mode`, :attr:`pid`.
     """
 
     #: ``"signal"``: the daemon interrupts through :meth:`interrupt`; ``"message"``: it
@@ -69,7 +76,8 @@ class KernelHandle(ABC):
     def connection_info(self) -> dict[str, Any]:
         """Required. Jupyter connection info: ``transport``, ``ip``, ``shell_port``,
         ``iopub_port``, ``stdin_port``, ``control_port``, ``hb_port``, ``key`` and
-        ``signature_scheme``, as in a connection file."""
+        ``signature_scheme``, as in a connection file. A handle with its own
+        :meth:`channels` describes where the kernel is instead (no ports)."""
 
     @abstractmethod
     def is_alive(self) -> bool:
@@ -95,6 +103,12 @@ class KernelHandle(ABC):
         """Optional. The kernel's exit code once it is gone, if known."""
         return None
 
+    @property
+    def exit_reason(self) -> str | None:
+        """Optional. Why the kernel is gone, when the handle knows better than an exit code
+        (a remote kernel its server lost), quoted in the "kernel died" error; default None."""
+        return None
+
     def log_tail(self) -> str:
         """Optional. The end of what the kernel wrote to its stderr or log, quoted when a
         launch fails or the kernel dies; "" if there is none."""
@@ -104,6 +118,18 @@ class KernelHandle(ABC):
         """Optional. The kernel's channels when they are not ZMQ sockets at
         :attr:`connection_info`; default None (connect with ZMQ)."""
         return None
+
+    async def shutdown(self) -> bool:
+        """Optional. Stop the kernel politely in the handle's own way and return True once
+        it is gone (a gateway's ``DELETE``: the gateway asks the kernel, then kills it).
+        Default False: the daemon sends a ``shutdown_request`` on the control channel."""
+        return False
+
+    async def restart(self) -> bool:
+        """Optional. Restart the kernel in place and return True once it runs again (a
+        gateway's REST restart: same kernel, same channels; the daemon then waits for it
+        to answer). Default False: the daemon kills it and launches another."""
+        return False
 
     @property
     def pid(self) -> int | None:

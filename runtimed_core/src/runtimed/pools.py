@@ -131,8 +131,8 @@ class EnvPool(Configurable, ABC):
     """Base class of environment pools. Subclasses set :attr:`family` and :attr:`sources`.
 
     Required: :meth:`start`, :meth:`stop`, :meth:`acquire`, :meth:`status`,
-    :meth:`flush`. Optional: :meth:`release` (default: nothing to do), and the
-    declarations below (default: none).
+    :meth:`flush`. Optional: :meth:`release` (default: nothing to do), :meth:`update`
+    (default: never in place), and the declarations below (default: none).
     """
 
     #: The env family this pool serves, e.g. ``"uv"``: the part of an env_source before ``:``.
@@ -189,6 +189,21 @@ class EnvPool(Configurable, ABC):
 
     async def release(self, env: PreparedEnv) -> None:
         """Optional. The kernel that used ``env`` is gone."""
+
+    async def update(self, env: PreparedEnv, request: EnvRequest,
+                     progress: Progress) -> PreparedEnv | None:
+        """Optional. The notebook of the kernel running in ``env`` (which this pool handed out)
+        now asks for ``request`` (its dependencies changed): make ``env`` satisfy it in place,
+        while the kernel runs, if that is possible.
+
+        Return ``env`` itself if it already satisfies ``request``, a new
+        :class:`PreparedEnv` (same prefix; it replaces ``env``, :meth:`release` gets it
+        later) once it does, or None if it cannot be done in place (an env shared with
+        other kernels, a removed package...): the daemon then restarts the kernel in an
+        env from :meth:`acquire`. Raise :class:`runtimed.errors.EnvironmentFailed` if an
+        install fails. Default: None.
+        """
+        return None
 
     @abstractmethod
     def status(self) -> PoolStatus:

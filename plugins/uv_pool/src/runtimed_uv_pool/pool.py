@@ -245,6 +245,60 @@ class UvPool(EnvPool):
         # Never deletes a directory the pool did not create.
         await self.prewarmed.release(prefix)
 
+    async def update(
+        self, env: PreparedEnv, request: EnvRequest, progress: Progress
+    ) -> PreparedEnv | None:
+        """Dependencies added while a kernel runs: installed into its env in place, when that
+        env is its alone (a prewarmed env, or one grown this way before).
+
+        None (the daemon restarts the kernel into the ``uv:inline`` env for the new list)
+        for a cached env (every notebook with the same dependencies shares it: changing
+        it would change theirs), a project's env, a removed package (no uninstalling
+        under a running kernel), or a ``requires-python`` / ``prerelease`` setting. A
+        changed spec of a listed package (``six`` -> ``six>=1.16``) is installed in place.
+        """
+        if (
+            request.env_source != "uv:inline"
+            or "cached" in env.extra
+            or env.extra.get("project_env")
+            or not self.prewarmed.owns(Path(env.prefix))
+        ):
+            return None
+        spec = specs.inline_spec(request.metadata)
+        if spec.requires_python or spec.prerelease:
+            return None
+        installed = tuple(env.extra.get("dependencies", ()))
+        names = {specs.requirement_name(d) or d for d in spec.dependencies}
+        if any((specs.requirement_name(d) or d) not in names for d in installed):
+            return None
+        added = [d for d in spec.dependencies if d not in installed]  # new, or a new spec
+        if not added:
+            return env
+        progress(
+            "preparing_env",
+            f"Installing {_plural(len(added), 'package')} ({', '.join(added)}) into the running "
+            "kernel's environment",
+        )
+        python = Path(env.prefix) / "bin" / "python"
+        argv = pip_install_argv(self._uv_bin(request.env_source), python)
+        try:
+            # the base packages stay required: uv must not move ipykernel to fit the new ones
+            await self._uv_with_progress([*argv, *self.packages, *spec.dependencies], progress, [])
+        except procs.CommandFailed as exc:
+            culprits = specs.named_in(added, exc.stderr) or added
+            raise EnvironmentFailed(
+                f"Could not install {', '.join(culprits)} into the running kernel's environment: "
+                f"{_uv_error(exc)}\nFix the dependencies in {spec.where} and sync again.",
+                env_source=request.env_source,
+            ) from None
+        return PreparedEnv(
+            env_source=request.env_source,
+            prefix=env.prefix,
+            python=list(env.python),
+            env=dict(env.env),
+            extra={**env.extra, "dependencies": list(spec.dependencies)},
+        )
+
     def status(self) -> PoolStatus:
         """``available``: ready envs; ``warming``: the build running plus those still to build."""
         return self.prewarmed.status()

@@ -9,13 +9,15 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from runtimed import paths
 from runtimed.blobs import BlobReader
 from runtimed.client.connection import Channel, daemon_lock_held, pool_request
+from runtimed.client.events import ExecutionEvent
+from runtimed.client.follow import Follower, StdinHandler, follow
 from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
@@ -94,6 +96,8 @@ class AsyncSession:
         self._blobs: BlobReader | None = None  # the daemon's blob store, read directly
         self._http: dict[str, str] = {}  # the daemon's HTTP server: url, token
         self._comm_listener: CommListener | None = None
+        #: Executions this session follows (stream events, stdin), by the token it chose.
+        self._followers: dict[str, Follower] = {}
 
     # properties ----------------------------------------------------------------------------------
     @property
@@ -226,6 +230,9 @@ class AsyncSession:
             if event.get("event") == "comm_msgs":
                 self._comm_messages(event.get("messages") or [])
                 return
+            if event.get("event") in ("execution", "input_request"):
+                self._follower_event(event)
+                return
             if event.get("event") != "state_reset":
                 _log_notice(self._notebook_id, event)
                 return
@@ -258,6 +265,20 @@ class AsyncSession:
                          [base64.b64decode(b) for b in message.get("buffers") or []])
             except Exception:  # the callback's bug must not break the connection
                 log.exception("The on_comm_message callback failed")
+
+    def _follower_event(self, event: dict[str, Any]) -> None:
+        follower = self._followers.get(event.get("token"))  # type: ignore[arg-type]
+        if follower is not None:
+            follower.on_event(event)
+        elif event.get("event") == "input_request":  # its caller stopped following: end the wait
+            self._send_input_reply(event.get("request_id"), error="nobody follows this execution")
+
+    def _send_input_reply(self, request_id: Any, **answer: Any) -> None:
+        """Answer an input request (fire and forget: the cell's result tells what came of it)."""
+        if not self._connected():
+            return
+        fut = self._channel.request_nowait("input_reply", request_id=request_id, **answer)  # type: ignore[union-attr]
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # errors: the cell ended
 
     def _on_close(self, exc: BaseException | None) -> None:
         if self._moved is not None and not self._moved.done():
@@ -327,7 +348,8 @@ class AsyncSession:
     # kernel ------------------------------------------------------------------------------------------
     async def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",
                            notebook_path: str | None = None, *,
-                           on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+                           on_progress: Callable[[dict[str, Any]], None] | None = None,
+                           cwd: str | os.PathLike[str] | None = None) -> None:
         """Start the room's kernel, or join the one already running. Connects if needed.
 
         ``kernel_type="auto"`` (the default) starts what the notebook's kernelspec
@@ -338,13 +360,16 @@ class AsyncSession:
         Building an environment can take a while; ``on_progress(kernel)`` is called
         with the runtime-state kernel record (``lifecycle``, ``progress``...) each time
         it changes meanwhile.
+
+        A notebook with no file runs in ``cwd`` (default: this process's working directory).
         """
         if not self._connected():
             await self.connect()
         self._progress_listener, self._progress_seen = on_progress, (None, None)
         try:
             result = await self._request("start_kernel", kernel_type=kernel_type, env_source=env_source,
-                                         notebook_path=notebook_path, cwd=os.getcwd())
+                                         notebook_path=notebook_path,
+                                         cwd=os.fspath(cwd) if cwd is not None else os.getcwd())
             await self._sync_state(result)
         finally:
             self._progress_listener = None
@@ -368,6 +393,13 @@ class AsyncSession:
         """Stop the room's kernel. ``wait=False`` returns once no kernel runs for the room (the
         process ends, and its environment goes back, in the background)."""
         await self._sync_state(await self._request("shutdown_kernel", wait=wait))
+
+    async def connection_info(self) -> dict[str, Any]:
+        """The running kernel's Jupyter connection info (``transport``, ``ip``, the ports,
+        ``key``, ``signature_scheme``), for another Jupyter client to talk to the kernel
+        directly. :class:`NoKernel` if none runs; :class:`InvalidRequest` for a kernel that
+        is not reached over ZMQ (a gateway's)."""
+        return (await self._request("connection_info"))["connection_info"]
 
     async def restart_kernel(self) -> None:
         """Replace the kernel process; queued and running cells fail as restarted."""
@@ -436,10 +468,7 @@ class AsyncSession:
 
     def _blob_access(self) -> dict[str, Any]:
         """How outputs read from the documents get their blob parts and URLs."""
-        url = self._http.get("url")
-        token = self._http.get("token")
-        return {"read_blob": self._blobs.read if self._blobs is not None else None,
-                "blob_url": (lambda sha: f"{url}/blob/{sha}?token={token}") if url else None}
+        return blob_access(self._blobs, self._http)
 
     def _cell(self, data: notebook.CellData) -> Cell:
         record = read_execution(self.state, data.execution_id) if data.execution_id else None
@@ -476,35 +505,70 @@ class AsyncSession:
         result = await self._execute_request(cell_id, wait=False)
         return result["execution_id"]
 
-    async def execute_cell(self, cell_id: str, timeout_secs: float | None = 60) -> ExecutionResult:
+    async def execute_cell(self, cell_id: str, timeout_secs: float | None = 60,
+                           stdin: StdinHandler | None = None) -> ExecutionResult:
         """Run a cell (as the document has it now) and return its result.
 
         Starts a kernel if none was started yet. Raises :class:`ExecutionTimeout`
         after ``timeout_secs`` (the cell keeps running), :class:`CellNotFound`,
         and :class:`KernelDied` if the kernel died while running it.
+
+        ``stdin(prompt, password) -> str`` answers the cell's ``input()`` and
+        ``getpass()`` calls (a coroutine function is awaited; a plain function runs
+        in a worker thread). Without it, ``input()`` raises StdinNotImplementedError
+        in the cell. A handler that raises, or has not answered when ``timeout_secs``
+        is up, ends the cell: ``input()`` raises EOFError, and a note in the cell's
+        stderr says why.
         """
+        if stdin is not None:
+            async for event in self._follow(cell_id, timeout_secs, stdin, events=False):
+                if event.kind == "done":
+                    assert event.result is not None
+                    return event.result
+            raise ProtocolError("The execution ended without a result")  # pragma: no cover
         try:
             result = await self._execute_request(cell_id, wait=True, timeout=timeout_secs)
         except asyncio.TimeoutError:
             raise ExecutionTimeout(f"Execution timed out after {timeout_secs:g} seconds",
                                    cell_id=cell_id, notebook_id=self._notebook_id) from None
-        record = read_execution(self.state, result["execution_id"])
+        return self._result_of(cell_id, result["execution_id"])
+
+    async def _execute_request(self, cell_id: str, *, wait: bool, timeout: float | None = None,
+                               **follow: Any) -> dict[str, Any]:
+        if self._ever_connected or self._connected():
+            notebook.check_cell(self.doc, cell_id)  # CellNotFound early, without a round trip
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        result = await self._request("execute_cell", timeout=timeout, cell_id=cell_id, wait=wait,
+                                     auto_start=True, **follow)
+        await self._sync_state(result, deadline)
+        return result
+
+    def _result_of(self, cell_id: str, execution_id: str) -> ExecutionResult:
+        """A finished execution's result as the replicas have it (KernelDied if it died)."""
+        record = read_execution(self.state, execution_id)
         if record is None:
-            raise ProtocolError(f"The daemon reported execution {result['execution_id']} but did not sync it")
+            raise ProtocolError(f"The daemon reported execution {execution_id} but did not sync it")
         if record.get("failure") == "kernel_died":
             raise KernelDied(record.get("error") or "The kernel died", cell_id=cell_id,
                              notebook_id=self._notebook_id)
         return self._result(record)
 
-    async def _execute_request(self, cell_id: str, *, wait: bool, timeout: float | None = None
-                               ) -> dict[str, Any]:
-        if self._ever_connected or self._connected():
-            notebook.check_cell(self.doc, cell_id)  # CellNotFound early, without a round trip
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        result = await self._request("execute_cell", timeout=timeout, cell_id=cell_id, wait=wait,
-                                     auto_start=True)
-        await self._sync_state(result, deadline)
-        return result
+    async def stream(self, cell_id: str, timeout_secs: float | None = 60,
+                     stdin: StdinHandler | None = None) -> AsyncIterator[ExecutionEvent]:
+        """Queue a cell and yield :class:`ExecutionEvent` objects as they happen: ``queued``,
+        ``started``, one ``output`` per output message as the kernel publishes it, and
+        ``done`` with the result (as :meth:`execute_cell` returns it). Nothing is polled:
+        the daemon sends each event to this session alone as it happens.
+
+        ``timeout_secs`` and ``stdin`` are :meth:`execute_cell`'s. Leaving the loop early
+        stops the following, not the cell.
+        """
+        async for event in self._follow(cell_id, timeout_secs, stdin, events=True):
+            yield event
+
+    def _follow(self, cell_id: str, timeout_secs: float | None, stdin: StdinHandler | None,
+                *, events: bool) -> AsyncIterator[ExecutionEvent]:
+        return follow(self, cell_id, timeout_secs, stdin, events=events)
 
     # widgets ---------------------------------------------------------------------------------------
     async def widget_state(self) -> dict[str, dict[str, Any]]:
@@ -603,12 +667,87 @@ class AsyncSession:
             raise ProtocolError(f"Cell {cell_id} has no execution the daemon synced")
         return self._result(record)
 
-    async def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
-        """Create a code cell with ``code`` and execute it."""
+    async def run(self, code: str, timeout_secs: float = 60,
+                  stdin: StdinHandler | None = None) -> ExecutionResult:
+        """Create a code cell with ``code`` and execute it (``stdin``: see :meth:`execute_cell`)."""
         if not self._connected():
             await self.connect()
         cell_id = await self.create_cell(code)
-        return await self.execute_cell(cell_id, timeout_secs=timeout_secs)
+        return await self.execute_cell(cell_id, timeout_secs=timeout_secs, stdin=stdin)
+
+    async def get_result(self, execution_id: str) -> ExecutionResult:
+        """The result of an execution by its id (``queue_cell``'s, ``ExecutionResult.execution_id``),
+        in any notebook; also after its room was evicted or the daemon restarted (finished
+        results are kept for 7 days). One still running comes with ``status`` ``"running"``
+        and its outputs so far. Raises :class:`ExecutionNotFound`."""
+        return kept_result(await pool_request(self.socket_path, "get_result",
+                                              execution_id=execution_id))
+
+    # the kernel's help ----------------------------------------------------------------------------
+    async def complete(self, code: str, cursor_pos: int | None = None) -> dict[str, Any]:
+        """Completions from the kernel for ``code`` at ``cursor_pos`` (default: its end):
+        ``matches``, ``cursor_start``, ``cursor_end`` (the span the matches replace) and
+        ``metadata``. Starts a kernel if none runs."""
+        if not self._connected():
+            await self.connect()
+        return await self._request("complete", code=code, cursor_pos=cursor_pos)
+
+    async def inspect(self, code: str, cursor_pos: int | None = None,
+                      detail_level: int = 0) -> dict[str, Any] | None:
+        """What the kernel knows of the name at ``cursor_pos`` (default: the end of ``code``),
+        as a MIME bundle (``text/plain``...; ``detail_level=1``: with the source), or None
+        if it knows nothing. Starts a kernel if none runs."""
+        if not self._connected():
+            await self.connect()
+        return await self._request("inspect", code=code, cursor_pos=cursor_pos,
+                                   detail_level=detail_level)
+
+    # dependencies -----------------------------------------------------------------------------------
+    async def get_dependencies(self) -> list[str]:
+        """The notebook's inline dependencies (for its environment family, e.g. the metadata
+        key ``runt.<family>.dependencies``)."""
+        if not self._connected():
+            await self.connect()
+        return (await self._request("get_dependencies"))["dependencies"]
+
+    async def add_dependency(self, spec: str) -> list[str]:
+        """Add a requirement (``"pandas"``, ``"numpy>=2"``; one naming a listed package
+        replaces it) to the notebook's dependencies; returns them. The running kernel
+        sees it after :meth:`sync_environment`; a kernel started later gets it."""
+        return await self._edit_dependencies("add_dependency", spec=spec)
+
+    async def remove_dependency(self, name: str) -> list[str]:
+        """Remove the requirement naming package ``name``; returns the dependencies left."""
+        return await self._edit_dependencies("remove_dependency", name=name)
+
+    async def _edit_dependencies(self, kind: str, **fields: Any) -> list[str]:
+        if not self._connected():
+            await self.connect()
+        result = await self._request(kind, **fields)
+        await self._sync_state(result)
+        return result["dependencies"]
+
+    async def sync_environment(self, *, on_progress: Callable[[dict[str, Any]], None] | None = None
+                               ) -> dict[str, Any]:
+        """Make the running kernel see the notebook's dependencies: installed into its
+        environment in place when possible (its variables stay), else the kernel restarts
+        in an environment that has them.
+
+        Returns ``action`` (``"installed"``, ``"restarted"``, ``"unchanged"``, or ``"none"``
+        when no kernel runs: the next start gets them), ``env_source`` and
+        ``dependencies``. ``on_progress(kernel)`` is called as the install goes, as for
+        :meth:`start_kernel`. Raises :class:`EnvironmentFailed` (quoting the installer)
+        if a dependency cannot be installed.
+        """
+        if not self._connected():
+            await self.connect()
+        self._progress_listener, self._progress_seen = on_progress, (None, None)
+        try:
+            result = await self._request("sync_environment")
+            await self._sync_state(result)
+        finally:
+            self._progress_listener = None
+        return {k: result.get(k) for k in ("action", "env_source", "dependencies")}
 
     # teardown ----------------------------------------------------------------------------------------------
     async def close(self) -> None:
@@ -689,3 +828,24 @@ class AsyncDaemonClient:
 
     async def plugins(self) -> list[dict[str, Any]]:
         return await pool_request(self.socket_path, "plugins", autostart=False)
+
+    async def get_result(self, execution_id: str) -> ExecutionResult:
+        """See :meth:`AsyncSession.get_result`."""
+        return kept_result(await pool_request(self.socket_path, "get_result",
+                                              execution_id=execution_id))
+
+
+def blob_access(reader: BlobReader | None, http: dict[str, str]) -> dict[str, Any]:
+    """``read_blob`` and ``blob_url`` for outputs (see :meth:`Output.from_nbformat`), from the
+    daemon's blob store and its web server (``{"url", "token"}``)."""
+    url, token = http.get("url"), http.get("token")
+    return {"read_blob": reader.read if reader is not None else None,
+            "blob_url": (lambda sha: f"{url}/blob/{sha}?token={token}") if url else None}
+
+
+def kept_result(response: dict[str, Any]) -> ExecutionResult:
+    """A ``get_result`` answer as a result, its blob parts read from the daemon's store."""
+    store = response.get("blob_store_dir")
+    reader = BlobReader(Path(store), cache_bytes=0) if store else None
+    return ExecutionResult.from_record(response, **blob_access(reader, response.get("http") or {}))
+

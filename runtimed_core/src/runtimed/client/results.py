@@ -79,6 +79,9 @@ class ExecutionResult:
     execution_id: str | None = None
     #: Why the run did not complete, when it did not: cancelled, interrupted, restarted, shutdown.
     failure: str | None = None
+    #: ``"done"`` or ``"error"`` once it ended; ``"queued"`` or ``"running"`` for a result
+    #: fetched by id (``get_result``) before it ended.
+    status: str | None = None
 
     @property
     def stdout(self) -> str:
@@ -119,6 +122,7 @@ class ExecutionResult:
                      for o in record.get("outputs", [])],
             execution_id=record.get("execution_id"),
             failure=record.get("failure"),
+            status=record.get("status"),
         )
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from runtimed.client.async_session import AsyncDaemonClient, AsyncSession, CommListener
+from runtimed.client.events import ExecutionEvent
 from runtimed.client.results import Cell, ExecutionResult
 from runtimed.errors import RuntimedError
 
@@ -100,10 +101,15 @@ class Session:
 
     def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",
                      notebook_path: str | None = None, *,
-                     on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+                     on_progress: Callable[[dict[str, Any]], None] | None = None,
+                     cwd: str | os.PathLike[str] | None = None) -> None:
         """See :meth:`AsyncSession.start_kernel` (``on_progress`` runs on the loop thread)."""
         _LoopThread.run(self._async.start_kernel(kernel_type, env_source, notebook_path,
-                                                 on_progress=on_progress))
+                                                 on_progress=on_progress, cwd=cwd))
+
+    def connection_info(self) -> dict[str, Any]:
+        """See :meth:`AsyncSession.connection_info`."""
+        return _LoopThread.run(self._async.connection_info())
 
     def interrupt(self) -> None:
         _LoopThread.run(self._async.interrupt())
@@ -154,8 +160,23 @@ class Session:
         return _LoopThread.run(self._async.get_metadata(key))
 
     # execution ------------------------------------------------------------------------------------------
-    def execute_cell(self, cell_id: str, timeout_secs: float | None = 60) -> ExecutionResult:
-        return _LoopThread.run(self._async.execute_cell(cell_id, timeout_secs))
+    def execute_cell(self, cell_id: str, timeout_secs: float | None = 60,
+                     stdin: Callable[[str, bool], str] | None = None) -> ExecutionResult:
+        """See :meth:`AsyncSession.execute_cell` (``stdin`` runs on a worker thread)."""
+        return _LoopThread.run(self._async.execute_cell(cell_id, timeout_secs, stdin=stdin))
+
+    def stream(self, cell_id: str, timeout_secs: float | None = 60,
+               stdin: Callable[[str, bool], str] | None = None) -> Iterator[ExecutionEvent]:
+        """See :meth:`AsyncSession.stream`: ``for event in session.stream(cell_id):``."""
+        events = self._async.stream(cell_id, timeout_secs, stdin=stdin)
+        try:
+            while True:
+                try:
+                    yield _LoopThread.run(events.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            _LoopThread.run(events.aclose())
 
     def queue_cell(self, cell_id: str) -> str:
         return _LoopThread.run(self._async.queue_cell(cell_id))
@@ -187,8 +208,37 @@ class Session:
         return _LoopThread.run(self._async.run_all(timeout_secs, allow_errors, interrupt_on_timeout,
                                                    on_cell=on_cell))
 
-    def run(self, code: str, timeout_secs: float = 60) -> ExecutionResult:
-        return _LoopThread.run(self._async.run(code, timeout_secs))
+    def run(self, code: str, timeout_secs: float = 60,
+            stdin: Callable[[str, bool], str] | None = None) -> ExecutionResult:
+        return _LoopThread.run(self._async.run(code, timeout_secs, stdin=stdin))
+
+    def get_result(self, execution_id: str) -> ExecutionResult:
+        """See :meth:`AsyncSession.get_result`."""
+        return _LoopThread.run(self._async.get_result(execution_id))
+
+    def complete(self, code: str, cursor_pos: int | None = None) -> dict[str, Any]:
+        """See :meth:`AsyncSession.complete`."""
+        return _LoopThread.run(self._async.complete(code, cursor_pos))
+
+    def inspect(self, code: str, cursor_pos: int | None = None,
+                detail_level: int = 0) -> dict[str, Any] | None:
+        """See :meth:`AsyncSession.inspect`."""
+        return _LoopThread.run(self._async.inspect(code, cursor_pos, detail_level))
+
+    def get_dependencies(self) -> list[str]:
+        return _LoopThread.run(self._async.get_dependencies())
+
+    def add_dependency(self, spec: str) -> list[str]:
+        """See :meth:`AsyncSession.add_dependency`."""
+        return _LoopThread.run(self._async.add_dependency(spec))
+
+    def remove_dependency(self, name: str) -> list[str]:
+        return _LoopThread.run(self._async.remove_dependency(name))
+
+    def sync_environment(self, *, on_progress: Callable[[dict[str, Any]], None] | None = None
+                         ) -> dict[str, Any]:
+        """See :meth:`AsyncSession.sync_environment` (``on_progress`` runs on the loop thread)."""
+        return _LoopThread.run(self._async.sync_environment(on_progress=on_progress))
 
     def __enter__(self) -> Session:
         return self
@@ -226,3 +276,7 @@ class DaemonClient:
 
     def plugins(self) -> list[dict[str, Any]]:
         return _LoopThread.run(self._async.plugins())
+
+    def get_result(self, execution_id: str) -> ExecutionResult:
+        """See :meth:`AsyncSession.get_result`."""
+        return _LoopThread.run(self._async.get_result(execution_id))

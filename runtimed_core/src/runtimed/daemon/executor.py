@@ -17,6 +17,11 @@ The runner sees the room only through :class:`~runtimed.daemon.host.RoomHost`,
 and the kernel through its :class:`~runtimed.daemon.provisioning.Lease`;
 restarting and releasing the kernel are the caller's (``restart`` and
 ``release``), so the runner can be driven with a fake kernel handle.
+
+Whoever queues a cell may watch it (an :data:`Observer` sees it start and each
+output as the kernel publishes it, before the document has it) and may answer
+its ``input()`` calls (a :data:`StdinAnswerer`): only executions queued with one
+are sent to the kernel with ``allow_stdin``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 
 from runtimed.daemon.comms import CommRecorder
 from runtimed.daemon.host import RoomHost
+from runtimed.daemon.kernel import EOF
 from runtimed.daemon.outputs import PROGRESS_DELAY, OutputRecorder
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import Lease
@@ -48,6 +54,16 @@ INTERRUPT_GRACE = 5.0
 #: Finished executions no cell shows any more that stay in the runtime-state document, the
 #: most recent ones (older ones are dropped; what a cell shows is always kept).
 KEEP_FINISHED = 64
+
+#: ``observer(kind, data)``: one execution as it happens: ``("started", {"execution_count"})``
+#: when the kernel begins it, ``("output", {"msg_type", "content"})`` for every output message
+#: (``stream``, ``display_data``, ``clear_output``...), at once.
+Observer = Callable[[str, dict[str, Any]], None]
+#: ``stdin(prompt, password, answer)``: the cell called ``input()`` (or getpass); whoever
+#: queued it is asked, and calls ``answer(value)`` once: a string, or None to end the wait
+#: with EOFError, with an optional ``note`` written to the cell's stderr saying why.
+Answer = Callable[..., None]
+StdinAnswerer = Callable[[str, bool, Answer], None]
 
 
 @dataclass
@@ -70,6 +86,10 @@ class Execution:
     #: Run by another client attached to the kernel (no cell).
     external: bool = False
     saw_error: bool = False
+    #: Who watches it (see :data:`Observer`).
+    observers: list[Observer] = field(default_factory=list)
+    #: Who answers its ``input()`` calls, if anyone (see :data:`StdinAnswerer`).
+    stdin: StdinAnswerer | None = None
 
 
 class KernelRunner:
@@ -177,9 +197,14 @@ class KernelRunner:
         return not self._released and self.lease.kernel.alive
 
     # queue ----------------------------------------------------------------------------------------
-    def queue_cell(self, cell_id: str, source: str) -> Execution:
+    def queue_cell(self, cell_id: str, source: str, *, observer: Observer | None = None,
+                   stdin: StdinAnswerer | None = None) -> Execution:
+        """Queue a cell (an execution of it already queued or running is returned, and
+        ``observer`` watches it from now on; its stdin stays whoever's it was)."""
         existing = self._active.get(cell_id)
         if existing is not None:
+            if observer is not None:
+                existing.observers.append(observer)
             return existing
         if not self.alive:
             raise KernelDied(self.dead_reason or "The kernel is not running", cell_id=cell_id)
@@ -188,6 +213,9 @@ class KernelRunner:
             done=asyncio.get_running_loop().create_future(),
         )
         ex.ctx = ExecutionContext(self.host.notebook_id, ex.id, cell_id, source, self.kernel_type)
+        if observer is not None:
+            ex.observers.append(observer)
+        ex.stdin = stdin
         if self.running is None and not self.queue:
             # The kernel is free: the cell runs next, and is recorded (as running) only once
             # its request is on the way to the kernel.
@@ -320,6 +348,7 @@ class KernelRunner:
         if self.sinks:
             self.sinks.finished(ex.ctx, ex.success)
         ex.done.set_result(None)
+        self.host.execution_finished(ex.id)
         self._finished.append(ex.id)
         if len(self._finished) >= self._sweep_at:
             self._forget_old()
@@ -345,6 +374,33 @@ class KernelRunner:
             ex = self.queue.popleft()
             await self._run(ex)
 
+    def _stdin_for(self, ex: Execution, kernel: Any) -> Callable[[dict[str, Any]], None]:
+        """The kernel's ``input_request`` messages of ``ex``, handed to its answerer."""
+        answerer = ex.stdin
+        assert answerer is not None
+
+        def on_stdin(msg: dict[str, Any]) -> None:
+            answered = False
+
+            def answer(value: str | None, note: str | None = None) -> None:
+                nonlocal answered
+                if answered:
+                    return
+                answered = True
+                if note and not ex.done.done():  # the daemon's word on why, in the cell's stderr
+                    self.outputs.output(ex.id, "stream",
+                                        {"name": "stderr", "text": note.rstrip("\n") + "\n"})
+                kernel.answer_input(msg, EOF if value is None else value)
+
+            content = msg.get("content") or {}
+            try:
+                answerer(str(content.get("prompt", "")), bool(content.get("password")), answer)
+            except Exception:  # a bug on our side: the cell must not wait forever
+                log.exception("%s: routing an input request failed", self.host.notebook_id)
+                answer(None, "runtimed: input() could not be answered (see the daemon's log)")
+
+        return on_stdin
+
     async def _run(self, ex: Execution) -> None:
         if not self.alive:
             self._finish(ex, status="error", error=self.dead_reason or "The kernel is not running",
@@ -363,6 +419,7 @@ class KernelRunner:
         eid = ex.id
 
         saw_error = False
+        observers = ex.observers
 
         def on_iopub(msg_type: str, msg: dict[str, Any]) -> None:
             nonlocal saw_error
@@ -371,6 +428,8 @@ class KernelRunner:
             if msg_type in OUTPUT_MSG_TYPES:
                 if not comms.capture(msg):  # else an Output widget's (`with out:`)
                     outputs.output(eid, msg_type, content)
+                    for observer in observers:
+                        observer("output", {"msg_type": msg_type, "content": content})
                 if sinks is not None:
                     sinks.output(ctx, msg_type, content)
             elif msg_type == "status":
@@ -381,12 +440,15 @@ class KernelRunner:
                 self._annotate_cell(ex, PROGRESS_DELAY)  # while the kernel works, not after
                 if sinks is not None:
                     sinks.started(ctx, ex.execution_count)
+                for observer in observers:
+                    observer("started", {"execution_count": ex.execution_count})
 
+        allow_stdin = ex.stdin is not None and kernel.supports_stdin
         reply = kernel.request(
             "shell", "execute_request",
             {"code": ex.source, "silent": False, "store_history": True, "user_expressions": {},
-             "allow_stdin": False, "stop_on_error": False},
-            on_iopub=on_iopub,
+             "allow_stdin": allow_stdin, "stop_on_error": False},
+            on_iopub=on_iopub, on_stdin=self._stdin_for(ex, kernel) if allow_stdin else None,
         )
         # the kernel is already at work: record that while it runs
         if ex.recorded:  # as queued

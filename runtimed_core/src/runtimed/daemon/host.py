@@ -79,6 +79,11 @@ class RoomHost(Protocol):
         """The executions the notebook's cells point at (their outputs are what they show)."""
         ...
 
+    def execution_finished(self, execution_id: str) -> None:
+        """An execution ended (its record is complete once the next flush has written its
+        last stream text): the room keeps its result (see :mod:`~runtimed.daemon.execution_store`)."""
+        ...
+
 
 class FileHost(Protocol):
     """A room as its notebook file (:mod:`~runtimed.daemon.notebook_file`) sees it."""

@@ -2,10 +2,10 @@
 
 A launcher (a plugin) starts the kernel and returns a
 :class:`~runtimed.kernel_handles.KernelHandle`; this module owns the Jupyter
-plumbing on top of it: the connection file, the shell/control/iopub channels
+plumbing on top of it: the connection file, the shell/control/iopub/stdin channels
 (ZMQ sockets at the handle's endpoints, or the handle's own
 :class:`~runtimed.kernel_handles.KernelChannels`), the IOPub handshake before the
-kernel counts as ready, routing replies and IOPub messages by
+kernel counts as ready, routing replies, IOPub messages and stdin requests by
 ``parent_header.msg_id``, interrupts, shutdown, and noticing death.
 No polling: ZMQ sockets are read straight from the event loop.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from runtimed.errors import KernelLaunchFailed, ProtocolError
 from runtimed.kernel_handles import Deliver, KernelChannels, KernelHandle
 from runtimed.launchers import KernelLauncher, LaunchContext
@@ -31,6 +32,8 @@ from runtimed.protocol.jupyter import JupyterCodec, write_connection_file
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+#: The answer to an ``input_request`` that makes ``input()`` raise EOFError (as Ctrl-D does).
+EOF = "\x04"
 INTERRUPT_REPLY_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 2.0
 #: Kernel messages handled per socket per event-loop turn.
@@ -38,6 +41,9 @@ DRAIN_BATCH = 256
 
 IOPubHandler = Callable[[str, dict[str, Any]], None]
 COMM_MSG_TYPES = frozenset(("comm_open", "comm_msg", "comm_close"))
+#: ``on_stdin(message)``: an ``input_request`` of the kernel, for a request sent with
+#: ``allow_stdin`` (answer it with :meth:`Kernel.answer_input`).
+StdinHandler = Callable[[dict[str, Any]], None]
 
 _context: zmq.Context[zmq.Socket[bytes]] | None = None
 
@@ -61,7 +67,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class ZmqChannels(KernelChannels):
-    """The shell, control and iopub channels of a kernel at ZMQ endpoints (the default)."""
+    """The shell, control, iopub and stdin channels of a kernel at ZMQ endpoints (the default).
+
+    The shell and stdin sockets share one identity: a kernel sends its ``input_request``
+    to the identity that sent the execute request.
+    """
+
+    supports_stdin = True
 
     def __init__(self, connection_info: dict[str, Any]) -> None:
         scheme = connection_info.get("signature_scheme", "hmac-sha256")
@@ -82,12 +94,18 @@ class ZmqChannels(KernelChannels):
     def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
         zctx = _zmq_context()
-        for name, kind in (("shell", zmq.DEALER), ("control", zmq.DEALER), ("iopub", zmq.SUB)):
+        identity = os.urandom(16).hex().encode()
+        channels = [("shell", zmq.DEALER), ("control", zmq.DEALER), ("iopub", zmq.SUB)]
+        if self.info.get("stdin_port"):
+            channels.append(("stdin", zmq.DEALER))
+        for name, kind in channels:
             sock = zctx.socket(kind)
             sock.linger = 0
             sock.setsockopt(zmq.RECONNECT_IVL, 10)  # the kernel binds after we connect; retry fast
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if name in ("shell", "stdin"):
+                sock.setsockopt(zmq.IDENTITY, identity)
             sock.connect(self._url(name))
             self._sockets[name] = sock
         # Plain sockets read straight from the event loop (no task, no future per message):
@@ -97,8 +115,9 @@ class ZmqChannels(KernelChannels):
             loop.add_reader(sock.FD, self._drain, name)
             loop.call_soon(self._drain, name)
 
-    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
-        msg_id, frames = self.codec.message(msg_type, content)
+    def send(self, channel: str, msg_type: str, content: dict[str, Any],
+             parent: dict[str, Any] | None = None) -> str:
+        msg_id, frames = self.codec.message(msg_type, content, parent)
         self._sockets[channel].send_multipart(frames, copy=False)
         # A send can consume the socket's readiness edge: look for replies once more.
         asyncio.get_running_loop().call_soon(self._drain, channel)
@@ -106,7 +125,12 @@ class ZmqChannels(KernelChannels):
 
     def _drain(self, name: str) -> None:
         """Handle the messages waiting on socket ``name`` (ZMQ's FD is edge-triggered, so
-        until none is left; after a batch, the rest waits one loop turn: others get theirs)."""
+        until none is left; after a batch, the rest waits one loop turn: others get theirs).
+
+        Before a stdin message, what IOPub holds is handled first: a kernel flushes its
+        outputs before it asks for input, and the prompt must follow them."""
+        if name == "stdin":
+            self._drain("iopub")
         parse = self.codec.parse
         for _ in range(DRAIN_BATCH):
             sock = self._sockets.get(name)  # a handler may have closed the channels
@@ -156,6 +180,7 @@ class Kernel:
         #: Gets every comm message on IOPub (``comm_open``, ``comm_msg``, ``comm_close``),
         #: whichever request it belongs to: widgets outlive the cell that made them.
         self.on_comm: Callable[[dict[str, Any]], None] | None = None
+        self._stdin_handlers: dict[str, StdinHandler] = {}
         self._closing = False
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch())
@@ -234,8 +259,11 @@ class Kernel:
         code = self.handle.exit_code
         if code is not None:
             msg += f" (exit code {code})"
+        reason = self.handle.exit_reason
+        if reason:
+            msg += f": {reason}"
         tail = self.handle.log_tail()
-        return msg + (f". Its stderr ends with:\n{tail}" if tail else ".")
+        return msg + (f". Its stderr ends with:\n{tail}" if tail else "" if reason else ".")
 
     # messaging ------------------------------------------------------------------------------------
     def _deliver(self, channel: str, msg: dict[str, Any]) -> None:
@@ -249,25 +277,69 @@ class Kernel:
                 handler(msg["header"]["msg_type"], msg)
             elif parent and self.on_unrouted is not None and parent not in self._replies:
                 self.on_unrouted(msg)
+        elif channel == "stdin":
+            on_stdin = self._stdin_handlers.get(parent)
+            if on_stdin is not None and msg["header"].get("msg_type") == "input_request":
+                on_stdin(msg)
+            else:  # nobody offered to answer: end the kernel's wait (input() raises EOFError)
+                self.answer_input(msg, EOF)
         else:
             fut = self._replies.pop(parent, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
     def _request(self, channel: str, msg_type: str, content: dict[str, Any], *,
-                 on_iopub: IOPubHandler | None = None) -> tuple[asyncio.Future[dict[str, Any]], str]:
+                 on_iopub: IOPubHandler | None = None, on_stdin: StdinHandler | None = None,
+                 ) -> tuple[asyncio.Future[dict[str, Any]], str]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         msg_id = self.channels.send(channel, msg_type, content)
         self._replies[msg_id] = fut
         if on_iopub is not None:
             self._iopub_handlers[msg_id] = on_iopub
+        if on_stdin is not None:
+            self._stdin_handlers[msg_id] = on_stdin
         return fut, msg_id
 
     def request(self, channel: str, msg_type: str, content: dict[str, Any], *,
-                on_iopub: IOPubHandler | None = None) -> asyncio.Future[dict[str, Any]]:
+                on_iopub: IOPubHandler | None = None, on_stdin: StdinHandler | None = None,
+                ) -> asyncio.Future[dict[str, Any]]:
         """Send a request; the future resolves with the reply. IOPub children go to ``on_iopub``
+        and the kernel's ``input_request`` messages (for ``allow_stdin``) to ``on_stdin``,
         until :meth:`forget` is called with the reply's ``parent_header.msg_id``."""
-        return self._request(channel, msg_type, content, on_iopub=on_iopub)[0]
+        return self._request(channel, msg_type, content, on_iopub=on_iopub, on_stdin=on_stdin)[0]
+
+    @property
+    def supports_stdin(self) -> bool:
+        """Whether the kernel's channels carry stdin (``input()`` can be answered)."""
+        return bool(getattr(self.channels, "supports_stdin", False))
+
+    def answer_input(self, request: dict[str, Any], value: str) -> None:
+        """Answer the kernel's ``input_request`` (:data:`EOF`: ``input()`` raises EOFError).
+
+        ``value`` may be a password: it goes to the kernel and nowhere else (never logged).
+        """
+        if self.exited.done() or not self.supports_stdin:
+            return
+        try:
+            self.channels.send("stdin", "input_reply", {"value": value},
+                               parent=request.get("header"))  # type: ignore[call-arg]
+        except Exception as exc:  # the channels are closing: the kernel is going away anyway
+            log.debug("Could not answer an input request: %s", type(exc).__name__)
+
+    async def ask(self, msg_type: str, content: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One shell request (``complete_request``...) and its reply's content, within ``timeout``
+        seconds (asyncio.TimeoutError); nothing stays routed afterwards."""
+        fut, msg_id = self._request("shell", msg_type, content)
+        try:
+            done, _ = await asyncio.wait({fut, self.exited}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if fut not in done:
+                raise asyncio.TimeoutError
+            return fut.result()["content"]
+        finally:
+            self.forget(msg_id)
+            if not fut.done():
+                fut.cancel()
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
         """Send a message that gets no reply (a ``comm_msg``); its msg_id."""
@@ -289,6 +361,7 @@ class Kernel:
         """Stop routing messages for a finished request."""
         self._replies.pop(msg_id, None)
         self._iopub_handlers.pop(msg_id, None)
+        self._stdin_handlers.pop(msg_id, None)
 
     # control ------------------------------------------------------------------------------------
     async def interrupt(self) -> None:
@@ -300,13 +373,40 @@ class Kernel:
             await self.handle.interrupt()
 
     async def shutdown(self) -> None:
-        """Ask the kernel to exit; kill it if it has not after a short grace period."""
+        """Ask the kernel to exit (the handle's own way if it has one); kill it if it has not
+        after a short grace period."""
         if self.alive:
             self._closing = True
-            self.request("control", "shutdown_request", {"restart": False})
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.exited), SHUTDOWN_GRACE)
+            if not await self.handle.shutdown():
+                self.request("control", "shutdown_request", {"restart": False})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.exited), SHUTDOWN_GRACE)
         await self.kill()
+
+    async def restart_in_place(self) -> bool:
+        """Restart the kernel through its handle (:meth:`KernelHandle.restart`), keeping this
+        object and its channels; False if the handle cannot (the caller kills the kernel and
+        launches another). Pending requests are dropped first either way, so nothing the old
+        kernel still sends reaches the executions they belonged to."""
+        if not self.alive:
+            return False
+        self._drop_requests()
+        try:
+            if not await self.handle.restart():
+                return False
+            await self._wait_ready()
+        except BaseException:  # it may be half restarted: stop it for good
+            await self.kill()
+            raise
+        return True
+
+    def _drop_requests(self) -> None:
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.cancel()
+        self._replies.clear()
+        self._iopub_handlers.clear()
+        self._stdin_handlers.clear()
 
     async def kill(self) -> None:
         """Stop the kernel now and release channels and files; idempotent."""
@@ -318,11 +418,7 @@ class Kernel:
         if not self.exited.done():
             self.exited.set_result(self.handle.exit_code)
         self.channels.close()
-        for fut in self._replies.values():
-            if not fut.done():
-                fut.cancel()
-        self._replies.clear()
-        self._iopub_handlers.clear()
+        self._drop_requests()
         await self.handle.cleanup()
 
     async def _watch(self) -> None:
@@ -334,6 +430,12 @@ class Kernel:
     @property
     def pid(self) -> int | None:
         return self.handle.pid
+
+    @property
+    def zmq_connection_info(self) -> dict[str, Any] | None:
+        """Where another Jupyter client reaches this kernel (a connection file's fields, the key
+        included), or None for a kernel whose messages do not travel over ZMQ."""
+        return dict(self.handle.connection_info) if isinstance(self.channels, ZmqChannels) else None
 
     @property
     def alive(self) -> bool:

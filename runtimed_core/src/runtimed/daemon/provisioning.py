@@ -211,9 +211,16 @@ class Provisioner:
         cls = self.registry.launcher_claiming(kernelspec_name=name)
         if cls is not None:
             return self.launchers[cls.kernel_type], cls.kernel_type, None
+        unlisted: list[str] = []  # launchers that could not say what they serve (a gateway down)
         if name:
             for kernel_type, launcher in self.launchers.items():
-                if name in await launcher.kernelspecs():
+                try:
+                    specs = await launcher.kernelspecs()
+                except RuntimedError as exc:
+                    log.info("Kernel type %s: could not list its kernels: %s", kernel_type, exc)
+                    unlisted.append(f"{kernel_type}: {exc.message}")
+                    continue
+                if name in specs:
                     return launcher, f"{kernel_type}:{name}", name
         cls = self.registry.launcher_claiming(language=language)
         if cls is not None:
@@ -222,7 +229,8 @@ class Provisioner:
             raise PluginError(
                 f"No installed kernel serves this notebook's kernelspec {name!r} "
                 f"(language {language!r}); install that kernel, or start one with kernel_type= "
-                f"(installed: {', '.join(sorted(self.launchers)) or 'none'})")
+                f"(installed: {', '.join(sorted(self.launchers)) or 'none'})"
+                + (f"; not asked: {'; '.join(unlisted)}" if unlisted else ""))
         default = self.default_kernel_type
         if default is None or default not in self.launchers:
             raise PluginError(
@@ -282,7 +290,10 @@ class Provisioner:
 
     async def restart(self, lease: Lease, notebook_id: str) -> Lease:
         """Replace ``lease``'s kernel: a hot one of the same kind when ready (prewarmed envs
-        are interchangeable), else a fresh kernel in the same environment."""
+        are interchangeable), else a fresh kernel in the same environment. A kernel whose
+        handle restarts it in place (a gateway's) is restarted that way."""
+        if await lease.kernel.restart_in_place():
+            return lease
         await lease.kernel.kill()
         if self.hot is not None:
             hot = self.hot.claim(lease.kernel_type, lease.env_source)

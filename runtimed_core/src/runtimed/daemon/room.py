@@ -21,6 +21,7 @@ from typing import Any
 
 from runtimed.blobs import BlobStore, offload_output
 from runtimed.config import DaemonConfig
+from runtimed.daemon.execution_store import ExecutionStore
 from runtimed.daemon.nbformat_worker import NbformatWorker
 from runtimed.daemon.notebook_file import NotebookFile
 from runtimed.daemon.persistence import DocStore
@@ -29,7 +30,7 @@ from runtimed.daemon.provisioning import Provisioner
 from runtimed.daemon.room_kernel import RoomKernel
 from runtimed.document import notebook
 from runtimed.document.replica import ROOT, Replica, SyncState
-from runtimed.document.runtime_state import RuntimeStateWriter
+from runtimed.document.runtime_state import RuntimeStateWriter, read_execution
 from runtimed.errors import InvalidRequest, ProtocolError, RuntimedError
 from runtimed.formats import ipynb
 from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, dumps, typed
@@ -79,13 +80,15 @@ class Room:
 
     def __init__(self, notebook_id: str, *, config: DaemonConfig, provisioner: Provisioner,
                  sinks: PluginSinks, on_idle: Callable[[Room], Awaitable[None]],
-                 files: NbformatWorker, blobs: BlobStore, http: dict[str, str] | None = None) -> None:
+                 files: NbformatWorker, blobs: BlobStore, http: dict[str, str] | None = None,
+                 results: ExecutionStore | None = None) -> None:
         self._notebook_id = notebook_id
         self.config = config
         self.blobs = blobs
         self._http = http if http is not None else {}
         self._on_idle = on_idle
         self._files = files
+        self._results = results
         #: The notebook file backing this room, if it is file-backed.
         self.file: NotebookFile | None = None
         self.store = DocStore(config.state_dir / "notebooks", notebook_id)
@@ -326,6 +329,21 @@ class Room:
     def blob_shas(self) -> set[str]:
         """Every blob this room's runtime state refers to (the garbage collector keeps them)."""
         return self._writer.blob_shas()
+
+    def execution_finished(self, execution_id: str) -> None:
+        """Keep the finished execution's result: read (complete) once the next flush has
+        written its last stream text, and handed to the store after that flush's frames
+        are out (the execution's response goes first)."""
+        if self._results is None:
+            return
+        loop = asyncio.get_running_loop()
+        self.before_flush(lambda: loop.call_soon(self._keep_result, execution_id))
+        self.schedule_flush()
+
+    def _keep_result(self, execution_id: str) -> None:
+        record = read_execution(self.state, execution_id)
+        if record is not None and self._results is not None:
+            self._results.keep(self.notebook_id, record)
 
     def broadcast(self, event: dict[str, Any]) -> None:
         body = dumps(event)

@@ -21,7 +21,7 @@ from runtimed.daemon.host import RoomHost
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import KernelRequest, Lease, Provisioner
 from runtimed.document.runtime_state import LIFECYCLES, read_kernel
-from runtimed.errors import NoKernel, RuntimedError
+from runtimed.errors import InvalidRequest, NoKernel, RuntimedError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,21 @@ class RoomKernel:
             "kernel_error": record.get("error"),
             "connection_file": record.get("connection_file") if alive else None,
         }
+
+    def connection_info(self) -> dict[str, Any]:
+        """The running kernel's Jupyter connection info, for another Jupyter client (a kernel
+        provisioner) to talk to it directly. NoKernel if none runs; InvalidRequest for a kernel
+        that is not reached over ZMQ (a gateway's)."""
+        runner = self.runner
+        if runner is None or not runner.alive:
+            raise NoKernel("No kernel is running. Call start_kernel() first.",
+                           notebook_id=self.host.notebook_id)
+        info = runner.lease.kernel.zmq_connection_info
+        if info is None:
+            raise InvalidRequest(f"The {runner.kernel_type} kernel is not reached over ZMQ: it has "
+                                 "no connection info for other Jupyter clients",
+                                 notebook_id=self.host.notebook_id)
+        return info
 
     def _progress(self, phase: str, message: str) -> None:
         fields: dict[str, Any] = {"progress": message}
@@ -121,6 +136,28 @@ class RoomKernel:
                 host.set_default_kernelspec(spec)
         host.flush()
         return {**self._started_info(), "reused": False}
+
+    async def switch(self, request: KernelRequest, progress: Any) -> dict[str, Any]:
+        """Start a kernel for ``request`` beside the running one and, once it is up, put it in
+        the running one's place (whose cells fail as restarted). If the new one cannot start
+        (its environment does not build, say), the running kernel stays as it was."""
+        plan = await self.provisioner.plan(request)
+        lease = await self.provisioner.provision(plan, request, progress)
+        old, self.runner = self.runner, None
+        if old is not None:
+            old.fail_all("Kernel restarted in a new environment", "restarted")
+            await old.shutdown()
+        runner = KernelRunner(self.host, lease, sinks=self.sinks, restart=self._restart,
+                              release=self.provisioner.release)
+        self.host.writer.set_kernel(kernel_type=lease.kernel_type, env_source=lease.env_source,
+                                    progress=None)
+        runner.start()
+        self.runner = runner
+        self._shut_down = False
+        log.info("%s: %s kernel switched to %s (pid %s)", self.host.notebook_id, lease.kernel_type,
+                 lease.env_source, lease.kernel.pid)
+        self.host.flush()
+        return self._started_info()
 
     async def _restart(self, lease: Lease) -> Lease:
         return await self.provisioner.restart(lease, self.host.notebook_id)

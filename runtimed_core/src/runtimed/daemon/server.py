@@ -16,7 +16,8 @@ from typing import Any
 from runtimed import paths, version
 from runtimed.blobs import BlobStore
 from runtimed.config import DaemonConfig
-from runtimed.daemon import runtime_dir
+from runtimed.daemon import agent_requests, runtime_dir
+from runtimed.daemon.execution_store import ExecutionStore
 from runtimed.daemon.nbformat_worker import NbformatWorker
 from runtimed.daemon.notebook_file import resolve as resolve_notebook
 from runtimed.daemon.plugin_sinks import PluginSinks
@@ -58,6 +59,8 @@ class Daemon:
         #: What sessions need of the web server (its URL and secret), in every welcome.
         self.http: dict[str, str] = {}
         self._blob_gc: asyncio.Task[None] | None = None
+        #: Finished executions, kept on disk for get_result(execution_id).
+        self.results = ExecutionStore(config.state_dir / "executions")
         self.rooms: dict[str, Room] = {}
         #: File-backed rooms by their file (a room saved under another name moves here).
         self.file_rooms: dict[Path, Room] = {}
@@ -96,6 +99,7 @@ class Daemon:
         self._acquire_lock()
         # kernels and files a killed daemon left
         await asyncio.to_thread(self._kernels_dir.claim)
+        await self.results.start()
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,10 +134,12 @@ class Daemon:
             self._stopping.set()
 
     async def _collect_blobs(self) -> None:
-        """Now and then, delete blobs no open room refers to (and unused for an hour)."""
+        """Now and then, delete blobs that no open room and no kept result refers to (and
+        unused for an hour): a closed room's outputs are gone, a saved file holds its own."""
         while True:
             await asyncio.sleep(BLOB_GC_SECS)
             live = set().union(*(room.blob_shas() for room in self.rooms.values()))
+            live |= await asyncio.to_thread(self.results.blob_shas)
             removed = await asyncio.to_thread(self.blobs.collect, live)
             if removed:
                 log.info("Removed %d output blobs nothing refers to", removed)
@@ -149,6 +155,7 @@ class Daemon:
                              return_exceptions=True)
         self.rooms.clear()
         self.file_rooms.clear()
+        await self.results.close()
         await self.provisioner.stop()
         await self.files.close()
         with contextlib.suppress(FileNotFoundError):
@@ -164,7 +171,8 @@ class Daemon:
         if room is None or room.closed:
             room = self.rooms[notebook_id] = Room(
                 notebook_id, config=self.config, provisioner=self.provisioner, sinks=self.sinks,
-                on_idle=self.evict, files=self.files, blobs=self.blobs, http=self.http)
+                on_idle=self.evict, files=self.files, blobs=self.blobs, http=self.http,
+                results=self.results)
         return room
 
     async def file_room(self, path: Path, *, create: bool = False) -> Room:
@@ -256,6 +264,10 @@ class Daemon:
             from runtimed.plugins import describe_plugins
 
             return describe_plugins(self.pm)
+        if kind == "get_result":  # with where its blob parts are, for the client to read
+            record = await agent_requests.get_result(list(self.rooms.values()), self.results,
+                                                     req.get("execution_id"))
+            return {**record, "blob_store_dir": str(self.blobs.root), "http": self.http}
         raise ProtocolError(f"Unknown pool request {kind!r}")
 
     def _new_connection(self) -> FramedProtocol:
@@ -287,6 +299,8 @@ class Connection:
         self._early: list[bytes] = []
         self._snapshot = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The executions this client follows (stream events, stdin).
+        self.links = agent_requests.Links(self.proto)
 
     def _error_payload(self, exc: ProtocolError) -> bytes:
         body = dumps(fail(None, error_to_wire(exc)))
@@ -299,6 +313,7 @@ class Connection:
             log.debug("A %s connection closed", self.channel)
         if self.room is not None and self.peer is not None:
             self.room.remove_peer(self.peer)
+        self.links.closed()
         for task in self._tasks:
             task.cancel()
 
@@ -414,6 +429,8 @@ class Connection:
         if kind == "shutdown_kernel":
             await room.kernel.shutdown(wait=req.get("wait", True) is not False)
             return _heads(room)
+        if kind == "connection_info":
+            return {"connection_info": room.kernel.connection_info()}
         if kind == "save":
             old = room.file.path if room.file is not None else None
             target = req.get("path")
@@ -447,6 +464,10 @@ class Connection:
             return _heads(room)
         if kind == "ping":
             return {"pong": True}
+        if kind in agent_requests.NOTEBOOK_KINDS:
+            return await agent_requests.notebook_request(
+                kind, req, room=room, links=self.links, provisioner=self.daemon.provisioner,
+                rooms=list(self.daemon.rooms.values()), store=self.daemon.results)
         raise ProtocolError(f"Unknown request {kind!r}")
 
     async def _execute(self, room: Room, req: dict[str, Any]) -> dict[str, Any]:
@@ -460,7 +481,17 @@ class Connection:
                 cell_id=cell_id,
             )
         runner = await room.kernel.runner_for(auto_start=bool(req.get("auto_start", True)))
-        ex = runner.queue_cell(cell_id, cell.source)
+        link = self.links.link_for(req)  # a client that follows it: events, stdin
+        try:
+            ex = runner.queue_cell(cell_id, cell.source, observer=link,
+                                   stdin=link.stdin if link is not None and req.get("stdin") else None)
+        except BaseException:
+            if link is not None:
+                self.links.done(link)
+            raise
+        if link is not None:
+            link.queued(ex.id, ex.status)
+            ex.done.add_done_callback(lambda _: self.links.done(link))
         if req.get("wait", True):
             await asyncio.shield(ex.done)
         return {"execution_id": ex.id, "status": ex.status, **_heads(room)}

@@ -47,7 +47,8 @@ class JupyterCodec:
     def message(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any] | None = None
                 ) -> tuple[str, list[bytes]]:
         """A new message: its msg_id and its frames (from the delimiter on: what a DEALER
-        sends; a publisher puts a topic in front). ``parent``: the parent header."""
+        sends; a publisher puts a topic in front). ``parent``: the header it answers (an
+        ``input_request``'s, say) or descends from."""
         self._counter += 1
         msg_id = f"{self.session}_{os.getpid()}_{self._counter}"
         header = {

@@ -154,21 +154,27 @@ class KernelOutputs:
         if places:
             self.version += 1
 
-    def page_message(self, title: str, kernel_type: str, sent: dict[str, int]) -> str | None:
-        """The page's next message (a snapshot when ``sent`` is empty), or None when nothing
-        changed; ``sent`` (cell id -> version shown) is brought up to date."""
-        first = not sent
-        fresh = {cid: cell.view() for cid, cell in self.cells.items() if sent.get(cid) != cell.version}
-        if not first and not fresh and sent.get("", -1) == self.version:
+    def page_message(self, title: str, kernel_type: str, sent: Shown) -> str | None:
+        """The page's next message (a snapshot for a page shown nothing yet), or None when
+        nothing changed; ``sent`` is brought up to date."""
+        first = sent.version < 0
+        if sent.version == self.version:
             return None
-        for gone in set(sent) - set(self.cells) - {""}:
-            del sent[gone]
-        sent.update({cid: self.cells[cid].version for cid in fresh})
-        sent[""] = self.version
+        fresh = {cid: cell.view() for cid, cell in self.cells.items()
+                 if sent.cells.get(cid) != cell.version}
+        sent.cells = {cid: cell.version for cid, cell in self.cells.items()}
+        sent.version = self.version
         kernel = json.dumps({"lifecycle": "running", "activity": self.activity,
                              "kernel_type": kernel_type})
         return view.page_message("snapshot" if first else "update", title, None, list(self.cells),
                                  kernel, fresh)
+
+
+@dataclass
+class Shown:
+    """What one page has been sent: each cell's version, and the outputs' version."""
+    cells: dict[str, int] = field(default_factory=dict)
+    version: int = -1
 
 
 def _no_blobs(sha: str) -> str:  # a kernel's own messages carry no blob references
@@ -321,7 +327,7 @@ class SidecarApp:
                               "executions": len(self.outputs.cells)})
 
     async def _live(self, request: Request, socket: WebSocket) -> None:
-        sent: dict[str, int] = {}
+        sent = Shown()
         kernel_type = self.info.get("kernel_name") or "kernel"
         await push_updates(socket, self.changed,
                            lambda: self.outputs.page_message(self.title, kernel_type, sent),
