@@ -104,6 +104,11 @@ class ZmqChannels(KernelChannels):
             sock.setsockopt(zmq.RECONNECT_IVL, 10)  # the kernel binds after we connect; retry fast
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+                # A kernel's PUB socket drops what a subscriber has not taken past its high-water
+                # mark, the status "idle" that ends a cell included: a flood of widget updates
+                # while this loop is busy would leave the cell running for ever. ZMQ's own
+                # thread takes them all into memory here instead (no limit on this side).
+                sock.setsockopt(zmq.RCVHWM, 0)
             if name in ("shell", "stdin"):
                 sock.setsockopt(zmq.IDENTITY, identity)
             sock.connect(self._url(name))
