@@ -204,6 +204,13 @@ def test_an_output_widget_captures_what_its_with_block_prints(daemon):
             {"output_type": "stream", "name": "stdout", "text": "inside\nmore\n"}]
         assert s.run("print(out.outputs[0]['text'])").stdout == "inside\nmore\n\n", \
             "the kernel's side holds them too"
+        cell = s.create_cell("with out:\n    print('streamed inside')\nprint('streamed outside')")
+        events = list(s.stream(cell))
+        assert [e.output.text for e in events if e.kind == "output"] == ["streamed outside\n"], \
+            "stream() yields what the cell shows, as its result has it"
+        assert events[-1].result.stdout == "streamed outside\n"
+        wait_until(lambda: "streamed inside\n" in s.widget_state()[out]["outputs"][0]["text"],
+                   "the widget's text", 10)
         s.run("out.clear_output()")
         wait_until(lambda: s.widget_state()[out]["outputs"] == [], "the widget to be cleared", 10)
 
