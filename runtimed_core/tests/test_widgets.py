@@ -283,6 +283,20 @@ def test_ten_thousand_updates_a_second_keep_the_document_small(daemon):
         assert s.run("print('fine')").stdout == "fine\n"
 
 
+def test_a_cell_whose_idle_never_arrives_still_ends(daemon):
+    """A kernel's PUB socket drops what a subscriber that fell behind has not taken, the
+    status "idle" that ends a cell included: the cell ends anyway, and the next one runs."""
+    with session(daemon) as s:
+        lost = s.run("k = get_ipython().kernel\npublish = k._publish_status\n"
+                     "def once(status, *args, **kw):\n"
+                     "    if status != 'idle':\n        return publish(status, *args, **kw)\n"
+                     "    k._publish_status = publish  # this cell's idle is never sent\n"
+                     "k._publish_status = once\nprint('done')", timeout_secs=30)
+        assert lost.success and lost.stdout == "done\n"
+        assert s.run("print('next')").stdout == "next\n"
+        assert "'idle' after an execution never arrived" in daemon.log()
+
+
 # the live page, in a real browser ---------------------------------------------------------------
 def test_the_page_shows_a_slider_and_moving_it_changes_the_kernels_value(daemon, browser, artifacts):
     with session(daemon) as s:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,9 @@ OUTPUT_MSG_TYPES = frozenset(
 )
 #: How long an interrupted cell may take to end before interrupt() reports it could not.
 INTERRUPT_GRACE = 5.0
+#: Seconds of IOPub silence after an execution's reply after which its status "idle" is taken
+#: as lost (a kernel's PUB socket drops messages when a subscriber falls far behind).
+IDLE_LOST_AFTER = 2.0
 #: Finished executions no cell shows any more that stay in the runtime-state document, the
 #: most recent ones (older ones are dropped; what a cell shows is always kept).
 KEEP_FINISHED = 64
@@ -458,7 +462,7 @@ class KernelRunner:
         host.schedule_flush(PROGRESS_DELAY)
         msg_id = None
         try:
-            both = asyncio.gather(reply, idle)
+            both = asyncio.gather(reply, self._until_idle(idle, reply, kernel))
             await asyncio.wait({both, kernel.exited}, return_when=asyncio.FIRST_COMPLETED)
             if not both.done() or reply.cancelled():  # the kernel is gone; this execution is
                 both.cancel()                          # failed by whoever stopped it (or _watch)
@@ -493,6 +497,21 @@ class KernelRunner:
         self._finish(ex, status="done" if ok else "error", success=ok, error=error,
                      kernel=None if self.queue else {"activity": "idle"})
         host.flush()
+
+
+    async def _until_idle(self, idle: asyncio.Future[None], reply: asyncio.Future[Any],
+                          kernel: Any) -> None:
+        """Until the execution's status "idle" arrives, or, once its reply is in, IOPub has
+        been silent :data:`IDLE_LOST_AFTER` seconds (then it was lost: the cell ends anyway)."""
+        await asyncio.wait({idle, reply}, return_when=asyncio.FIRST_COMPLETED)
+        while not idle.done() and not reply.cancelled():
+            quiet = time.monotonic() - kernel.last_iopub
+            if quiet >= IDLE_LOST_AFTER:
+                log.warning("%s: the kernel's 'idle' after an execution never arrived (IOPub "
+                            "messages lost: the daemon fell behind a flood); taken as ended",
+                            self.host.notebook_id)
+                return
+            await asyncio.wait({idle}, timeout=IDLE_LOST_AFTER - quiet)
 
 
 def _reply_error(content: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ INTERRUPT_REPLY_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 2.0
 #: Kernel messages handled per socket per event-loop turn.
 DRAIN_BATCH = 256
+#: IOPub messages received and not yet handled, at most (a few seconds of a widget flood,
+#: ~10 MB); past it the kernel's side drops them.
+IOPUB_BACKLOG = 20_000
 
 IOPubHandler = Callable[[str, dict[str, Any]], None]
 COMM_MSG_TYPES = frozenset(("comm_open", "comm_msg", "comm_close"))
@@ -105,10 +109,9 @@ class ZmqChannels(KernelChannels):
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
                 # A kernel's PUB socket drops what a subscriber has not taken past its high-water
-                # mark, the status "idle" that ends a cell included: a flood of widget updates
-                # while this loop is busy would leave the cell running for ever. ZMQ's own
-                # thread takes them all into memory here instead (no limit on this side).
-                sock.setsockopt(zmq.RCVHWM, 0)
+                # mark (1,000 messages): ZMQ's own thread keeps up to IOPUB_BACKLOG more here
+                # while this loop is busy (a flood of widget updates), bounded in memory.
+                sock.setsockopt(zmq.RCVHWM, IOPUB_BACKLOG)
             if name in ("shell", "stdin"):
                 sock.setsockopt(zmq.IDENTITY, identity)
             sock.connect(self._url(name))
@@ -186,6 +189,8 @@ class Kernel:
         #: whichever request it belongs to: widgets outlive the cell that made them.
         self.on_comm: Callable[[dict[str, Any]], None] | None = None
         self._stdin_handlers: dict[str, StdinHandler] = {}
+        #: When the last IOPub message arrived (``time.monotonic()``).
+        self.last_iopub = time.monotonic()
         self._closing = False
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch())
@@ -274,6 +279,7 @@ class Kernel:
     def _deliver(self, channel: str, msg: dict[str, Any]) -> None:
         parent = msg["parent_header"].get("msg_id")
         if channel == "iopub":
+            self.last_iopub = time.monotonic()
             if self.on_comm is not None and msg["header"].get("msg_type") in COMM_MSG_TYPES:
                 self.on_comm(msg)
                 return
