@@ -10,8 +10,9 @@ change back with ``"echo_update"``), sends custom messages (``"custom"``) and cl
 :class:`CommRecorder` is the room's frontend of record:
 
 - each comm's state is kept whole in memory and written to the document once per sync
-  (just before the room flushes), only the keys that changed since: ten thousand updates a
-  second cost a few document operations per sync, not one each;
+  (just before the room flushes): whole in one text the first time, then only the keys
+  that changed since: ten thousand updates a second cost a few document operations per
+  sync, not one each;
 - buffers go to the blob store; the document keeps references;
 - custom messages are not stored: they reach every session with the next sync, in one
   broadcast;
@@ -331,8 +332,9 @@ class CommRecorder:
             write = CommWrite(comm_id)
             if comm.written:
                 keys, paths = comm.dirty, comm.dirty_buffers
-            else:
-                write.opened, keys, paths = comm.fields, comm.state.keys(), comm.buffers.keys()
+            else:  # its whole state in one text
+                write.opened = to_json({**comm.fields, "state": comm.state})
+                keys, paths = (), comm.buffers.keys()
                 comm.written = True
             write.state = {k: to_json(comm.state[k]) if k in comm.state else None for k in keys}
             write.buffers = {json.dumps(list(p)): json.dumps(comm.buffers[p]) if p in comm.buffers

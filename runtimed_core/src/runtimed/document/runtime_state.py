@@ -12,10 +12,12 @@ Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
                                      success, error, failure, origin, outputs [output ...]
           saved_outputs/{cell_id}: the outputs a notebook file holds for a cell that has
                                    not run since (a JSON string: a list of nbformat outputs)
-          comms/{comm_id}: target_name, model_module, model_name, model_module_version (None
+          comms/{comm_id}: opened (JSON text of the comm as the document first held it:
+                           target_name, model_module, model_name, model_module_version (null
                            for a comm that is not a widget model), seq (the order they
-                           opened in), state/{key: JSON text}, buffers/{JSON text of a path
-                           into the state: JSON text of a blob reference {sha256, size}}
+                           opened in) and state), state/{key: JSON text of what changed
+                           since}, buffers/{JSON text of a path into the state: JSON text of a
+                           blob reference {sha256, size}} (both maps absent until needed)
     (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
     restarted, shutdown; ``origin``: ``external`` for code another Jupyter client ran in
     the kernel, which has no cell: ``cell_id`` is empty)
@@ -26,8 +28,10 @@ chunk, see :class:`runtimed.outputs.StreamChunks`); every other output is
 ``output_type`` and ``json`` (the nbformat output as a JSON string).
 
 A comm is a kernel's open comm channel: a widget model (ipywidgets, anywidget, a
-``tqdm.notebook`` bar) and its current state, one key per entry so that a state
-update writes only what changed; binary buffers are in the blob store.
+``tqdm.notebook`` bar) and its current state: ``opened`` in one text (a widget
+opens with dozens of keys, a layout with 40: one operation, not one each), then one
+key per change, so that an update writes only what changed; binary buffers are in
+the blob store.
 
 Automerge keeps every change, and applying a sync message costs time in
 proportion to that history, so the daemon periodically starts the document
@@ -59,8 +63,9 @@ class CommWrite:
     """What changed of one comm since the last write (see :meth:`RuntimeStateWriter.write_comms`)."""
 
     comm_id: str
-    #: Its :data:`COMM_FIELDS`, when the document does not hold the comm yet.
-    opened: dict[str, Any] | None = None
+    #: When the document does not hold the comm yet: its :data:`COMM_FIELDS` and ``state``,
+    #: as the JSON text of an object.
+    opened: str | None = None
     #: State keys -> JSON text (None: the key is gone).
     state: dict[str, str | None] = field(default_factory=dict)
     #: Buffer paths (JSON text) -> blob reference (JSON text; None: the buffer is gone).
@@ -97,7 +102,8 @@ class RuntimeStateWriter:
             self.saved = tx.put_object(ROOT, "saved_outputs", Map)
             self.comms = tx.put_object(ROOT, "comms", Map)
         self._saved: set[str] = set()
-        self._comm_objs: dict[str, tuple[bytes, bytes, bytes]] = {}  # id -> (comm, state, buffers)
+        #: Comm id -> its object ids: "comm", and "state" and "buffers" once it has them.
+        self._comm_objs: dict[str, dict[str, bytes]] = {}
         #: With ``track_dirty``, the executions (and ``saved:<cell id>``) written since the
         #: last :meth:`take_dirty` (a live page updates only what changed).
         self.track_dirty = False
@@ -126,14 +132,11 @@ class RuntimeStateWriter:
                 new._exec_objs[execution_id] = (copy, outputs)
             for cell_id in self._saved:
                 tx.put(new.saved, cell_id, Str, old.get(self.saved, cell_id) or "[]")
-            for comm_id, (comm, state, buffers) in self._comm_objs.items():
-                record = old.to_py(comm)
-                new._put_comm(tx, comm_id, {k: record.get(k) for k in COMM_FIELDS})
-                _, new_state, new_buffers = new._comm_objs[comm_id]
-                for key, text in old.to_py(state).items():
-                    tx.put(new_state, key, Str, text)
-                for key, text in old.to_py(buffers).items():
-                    tx.put(new_buffers, key, Str, text)
+            for comm_id, objs in self._comm_objs.items():
+                record = old.to_py(objs["comm"])
+                opened = {**_comm_fields(record), "state": _comm_state(record)}
+                new._put_comm(tx, comm_id, json.dumps(opened, allow_nan=False, separators=(",", ":")))
+                new._put_changes(tx, comm_id, "buffers", record.get("buffers") or {})
         new._queued = list(self._queued)
         new._saved = set(self._saved)
         new.track_dirty = self.track_dirty
@@ -182,9 +185,9 @@ class RuntimeStateWriter:
             text = replica.get(self.saved, cell_id)
             if isinstance(text, str) and BLOBS_KEY in text:
                 found |= shas(json.loads(text))
-        for _, _, buffers in self._comm_objs.values():
-            for key in replica.keys(buffers):
-                found.add(json.loads(replica.get(buffers, key))["sha256"])
+        for objs in self._comm_objs.values():
+            for key in replica.keys(objs["buffers"]) if "buffers" in objs else ():
+                found.add(json.loads(replica.get(objs["buffers"], key))["sha256"])
         return found
 
     def execution_ids(self) -> list[str]:
@@ -197,12 +200,24 @@ class RuntimeStateWriter:
                 _put_scalar(tx, self.kernel, key, value)
 
     # comms --------------------------------------------------------------------------------------
-    def _put_comm(self, tx: Any, comm_id: str, fields: dict[str, Any]) -> None:
+    def _put_comm(self, tx: Any, comm_id: str, opened: str) -> None:
         comm = tx.put_object(self.comms, comm_id, Map)
-        for key in COMM_FIELDS:
-            _put_scalar(tx, comm, key, fields.get(key))
-        self._comm_objs[comm_id] = (comm, tx.put_object(comm, "state", Map),
-                                    tx.put_object(comm, "buffers", Map))
+        tx.put(comm, "opened", Str, opened)
+        self._comm_objs[comm_id] = {"comm": comm}
+
+    def _put_changes(self, tx: Any, comm_id: str, part: str, changes: dict[str, str | None]
+                     ) -> None:
+        """Keys of a comm's ``state`` or ``buffers`` map (made by the first change: most
+        models never change after they open); None deletes."""
+        objs = self._comm_objs[comm_id]
+        obj = objs.get(part)
+        for key, text in changes.items():
+            if text is not None:
+                if obj is None:
+                    obj = objs[part] = tx.put_object(objs["comm"], part, Map)
+                tx.put(obj, key, Str, text)
+            elif obj is not None and self.replica.get(obj, key) is not None:
+                tx.delete(obj, key)
 
     def write_comms(self, writes: Iterable[CommWrite]) -> None:
         """Apply what changed of the comms, in one change."""
@@ -216,16 +231,11 @@ class RuntimeStateWriter:
                     continue
                 if write.opened is not None:
                     self._put_comm(tx, comm_id, write.opened)
-                objs = self._comm_objs.get(comm_id)
-                if objs is None:
+                if comm_id not in self._comm_objs:
                     continue
                 self._touch(f"comm:{comm_id}")
-                for obj, changes in ((objs[1], write.state), (objs[2], write.buffers)):
-                    for key, text in changes.items():
-                        if text is not None:
-                            tx.put(obj, key, Str, text)
-                        elif self.replica.get(obj, key) is not None:
-                            tx.delete(obj, key)
+                self._put_changes(tx, comm_id, "state", write.state)
+                self._put_changes(tx, comm_id, "buffers", write.buffers)
 
     def clear_comms(self) -> None:
         """Forget every comm (the kernel that held them is gone)."""
@@ -391,13 +401,23 @@ def read_comm(replica: Replica, comm_id: str, comms: bytes | None = None) -> dic
     comm = replica.get_obj(comms, comm_id) if comms is not None else None
     if comm is None:
         return None
-    record: dict[str, Any] = {key: replica.get(comm, key) for key in COMM_FIELDS}
-    state, buffers = replica.get_obj(comm, "state"), replica.get_obj(comm, "buffers")
-    record["state"] = ({k: json.loads(v) for k, v in replica.to_py(state).items()}
-                       if state is not None else {})
-    record["buffers"] = ({tuple(json.loads(k)): json.loads(v)
-                          for k, v in replica.to_py(buffers).items()} if buffers is not None else {})
-    return record
+    record = replica.to_py(comm)
+    return {**_comm_fields(record), "state": _comm_state(record),
+            "buffers": {tuple(json.loads(k)): json.loads(v)
+                        for k, v in (record.get("buffers") or {}).items()}}
+
+
+def _comm_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A comm's :data:`COMM_FIELDS` from its document record (``to_py``)."""
+    opened = json.loads(record.get("opened") or "{}")
+    return {key: opened.get(key) for key in COMM_FIELDS}
+
+
+def _comm_state(record: dict[str, Any]) -> dict[str, Any]:
+    """A comm's state from its document record: as it opened, and what changed since."""
+    state = json.loads(record.get("opened") or "{}").get("state") or {}
+    state.update((k, json.loads(v)) for k, v in (record.get("state") or {}).items())
+    return state
 
 
 def model_state(comm: dict[str, Any], read_blob: Callable[[str], Any]) -> dict[str, Any]:
