@@ -156,6 +156,8 @@ def test_comms_go_with_the_kernel(daemon):
         assert slider in s.widget_state()
         s.restart_kernel()
         assert s.widget_state() == {}, "a restart closes every comm"
+        saved = json.loads(s.get_metadata("widgets"))["application/vnd.jupyter.widget-state+json"]
+        assert saved["state"][slider]["state"]["value"] == 1, "its last state stays in the metadata"
         with pytest.raises(runtimed.CommNotFound) as caught:
             s.send_comm_message(slider, {"method": "update", "state": {"value": 2}})
         assert caught.value.comm_id == slider and "restart" in str(caught.value)
@@ -297,6 +299,14 @@ def test_a_cell_whose_idle_never_arrives_still_ends(daemon):
         assert "'idle' after an execution never arrived" in daemon.log()
 
 
+def test_the_readme_example_runs_as_written(daemon, monkeypatch):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    [code] = [block for block in readme.split("```python\n")[1:]
+              if block.startswith("# widgets: two sessions on one notebook")]
+    monkeypatch.setenv("RUNTIMED_SOCKET_PATH", str(daemon.socket_path))
+    exec(compile(code.split("```")[0], "README.md (widgets)", "exec"), {})
+
+
 # the live page, in a real browser ---------------------------------------------------------------
 def test_the_page_shows_a_slider_and_moving_it_changes_the_kernels_value(daemon, browser, artifacts):
     with session(daemon) as s:
@@ -355,6 +365,21 @@ def test_the_page_shows_outputs_buttons_and_widgets_it_cannot_draw(daemon, brows
                                ".innerText.includes('more text')")
         s.run("b.close()")
         page.get_by_text("its state is not available").wait_for()
+        page.close()
+
+
+def test_the_page_shows_a_saved_notebooks_widgets_without_a_kernel(daemon, browser, tmp_path):
+    path = tmp_path / "saved.ipynb"
+    with session(daemon, path=path) as s:
+        s.run("from ipywidgets import IntSlider\nIntSlider(6, max=10, description='kept')")
+        s.save()
+    with session(daemon, path=path) as s:  # no kernel: what the file saved
+        page = browser.new_page()
+        page.goto(s.show(open_browser=False))
+        slider = page.locator(".widget-slider input[type=range]")
+        slider.wait_for()
+        assert slider.input_value() == "6"
+        assert page.locator(".widget-slider .widget-label").inner_text() == "kept"
         page.close()
 
 
