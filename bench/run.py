@@ -1118,11 +1118,11 @@ def scenario_widgets(b: Bench) -> dict[str, Any]:
     through jupyter_client (execute_interactive, every comm message consumed by the client),
     alternating, in one env (runtimed's inline env with tqdm; the jupyter_client kernel runs
     its python); and the runtime-state document's size after 1,000 and 10,000 updates."""
-    reps = 5 if b.quick else 11
-    warm = 1
-    res: dict[str, Any] = {"repetitions": reps, "warmups": warm}
+    warm = 2
     cases = {"tqdm": TQDM_CELL.format(n=10_000, options=""),
              "tqdm_every_step": TQDM_CELL.format(n=10_000, options=", mininterval=0")}
+    reps = {"tqdm": 30 if b.quick else 100, "tqdm_every_step": 5 if b.quick else 11}
+    res: dict[str, Any] = {"repetitions": reps, "warmups": warm}
     rt_out = res.setdefault("runtimed", {})
     jc_out = res.setdefault("jupyter_client", {})
     side = Side(res, "runtimed", b)
@@ -1140,7 +1140,7 @@ def scenario_widgets(b: Bench) -> dict[str, Any]:
                 times: dict[str, dict[str, list[float]]] = {c: {"rt": [], "jc": []} for c in cases}
                 comm_msgs: dict[str, int] = {}
                 for name, code in cases.items():
-                    for i in range(warm + reps):
+                    for i in range(warm + reps[name]):
                         with watchdog(120, f"runtimed {name}"):
                             t0 = time.perf_counter()
                             rt_check(session.execute_cell(cells[name], timeout_secs=120), name)
