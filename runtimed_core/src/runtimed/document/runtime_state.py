@@ -134,8 +134,9 @@ class RuntimeStateWriter:
                 tx.put(new.saved, cell_id, Str, old.get(self.saved, cell_id) or "[]")
             for comm_id, objs in self._comm_objs.items():
                 record = old.to_py(objs["comm"])
-                opened = {**_comm_fields(record), "state": _comm_state(record)}
-                new._put_comm(tx, comm_id, json.dumps(opened, allow_nan=False, separators=(",", ":")))
+                fields, state = _fields_and_state(record)
+                opened = json.dumps({**fields, "state": state}, allow_nan=False, separators=(",", ":"))
+                new._put_comm(tx, comm_id, opened)
                 new._put_changes(tx, comm_id, "buffers", record.get("buffers") or {})
         new._queued = list(self._queued)
         new._saved = set(self._saved)
@@ -402,22 +403,18 @@ def read_comm(replica: Replica, comm_id: str, comms: bytes | None = None) -> dic
     if comm is None:
         return None
     record = replica.to_py(comm)
-    return {**_comm_fields(record), "state": _comm_state(record),
-            "buffers": {tuple(json.loads(k)): json.loads(v)
-                        for k, v in (record.get("buffers") or {}).items()}}
+    fields, state = _fields_and_state(record)
+    return {**fields, "state": state, "buffers": {
+        tuple(json.loads(k)): json.loads(v) for k, v in (record.get("buffers") or {}).items()}}
 
 
-def _comm_fields(record: dict[str, Any]) -> dict[str, Any]:
-    """A comm's :data:`COMM_FIELDS` from its document record (``to_py``)."""
+def _fields_and_state(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A comm's :data:`COMM_FIELDS` and state from its document record (``to_py``): as it
+    opened, and what changed since."""
     opened = json.loads(record.get("opened") or "{}")
-    return {key: opened.get(key) for key in COMM_FIELDS}
-
-
-def _comm_state(record: dict[str, Any]) -> dict[str, Any]:
-    """A comm's state from its document record: as it opened, and what changed since."""
-    state = json.loads(record.get("opened") or "{}").get("state") or {}
+    state = opened.get("state") or {}
     state.update((k, json.loads(v)) for k, v in (record.get("state") or {}).items())
-    return state
+    return {key: opened.get(key) for key in COMM_FIELDS}, state
 
 
 def model_state(comm: dict[str, Any], read_blob: Callable[[str], Any]) -> dict[str, Any]:
@@ -429,17 +426,16 @@ def model_state(comm: dict[str, Any], read_blob: Callable[[str], Any]) -> dict[s
     return state
 
 
-def put_at(state: Any, path: Iterable[Any], value: Any) -> bool:
-    """Put ``value`` at ``path`` (keys and indexes) in a widget state; False if the path is not
-    in it (the kernel changed the state since)."""
+def put_at(state: Any, path: Iterable[Any], value: Any) -> None:
+    """Put ``value`` at ``path`` (keys and indexes) in a widget state; nothing if the path is
+    not in it (the kernel changed the state since)."""
     *parents, last = path
     try:
         for part in parents:
             state = state[part]
         state[last] = value
     except (KeyError, IndexError, TypeError):
-        return False
-    return True
+        pass
 
 
 def queued_ids(replica: Replica) -> list[str]:
