@@ -44,7 +44,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "agents",
-             "memory", "conda_memory", "pool", "restart", "jupyter", "gateway", "scale")
+             "widgets", "memory", "conda_memory", "pool", "restart", "jupyter", "gateway", "scale")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
 POOL_PACKAGES = ("ipykernel", "ipywidgets")
@@ -70,6 +70,8 @@ TARGETS = {
     "gateway_roundtrip": "<= 2x a plain WebSocket client",
     "mcp_execute": "<= 3x session.run",
     "stream_latency": "<= 5 ms",
+    "tqdm": "<= 1.5x jc",
+    "widget_doc": "not one entry per update: < 1 B per extra update",
     "scale": ">= 0.8x jc executions/s; daemon CPU per execution <= 1.2x from 1 to 16",
 }
 
@@ -366,22 +368,28 @@ class Bench:
         if not self.cache_was_warm:
             log(f"first use of the bench's uv cache {self.uv_cache}: this build downloads packages")
         self.baseline_build_secs = build_env(self.baseline_env, env=self.uv_env)
-        spec = self.specs_dir / KERNEL_NAME
-        spec.mkdir(parents=True)
+        self.kernelspec(KERNEL_NAME, self.baseline_python)
+
+    def kernelspec(self, name: str, python: str | Path) -> str:
+        """A kernelspec ``name`` of ``python`` (an env's), started as the baseline's is."""
+        spec = self.specs_dir / name
+        spec.mkdir(parents=True, exist_ok=True)
         (spec / "kernel.json").write_text(json.dumps({
             # as runtimed's python kernels (and nbclient's): IPython's history in memory
-            "argv": [str(self.baseline_python), "-m", "ipykernel_launcher", "-f", "{connection_file}",
+            "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}",
                      "--HistoryManager.hist_file=:memory:"],
-            "display_name": "bench baseline", "language": "python",
+            "display_name": f"bench {name}", "language": "python",
         }))
+        return name
 
-    def jc_start(self) -> tuple[Any, Any]:
-        """Start a jupyter_client kernel in the baseline env; return (manager, ready blocking client)."""
+    def jc_start(self, kernel_name: str = KERNEL_NAME) -> tuple[Any, Any]:
+        """Start a jupyter_client kernel (in the baseline env unless ``kernel_name`` names another
+        :meth:`kernelspec`); return (manager, ready blocking client)."""
         from jupyter_client.kernelspec import KernelSpecManager
         from jupyter_client.manager import KernelManager
 
         ksm = KernelSpecManager(kernel_dirs=[str(self.specs_dir)])
-        km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm,
+        km = KernelManager(kernel_name=kernel_name, kernel_spec_manager=ksm,
                            connection_file=str(self.root / f"jc-kernel-{uuid.uuid4().hex[:8]}.json"))
         self.kernel_managers.append(km)
         # like runtimed, keep the kernel's own output in a file rather than on our terminal
@@ -404,11 +412,11 @@ class Bench:
             self.kernel_managers.remove(km)
 
     @contextlib.contextmanager
-    def jc_kernel(self) -> Iterator[tuple[Any, Any]]:
+    def jc_kernel(self, kernel_name: str = KERNEL_NAME) -> Iterator[tuple[Any, Any]]:
         km = kc = None
         try:
             with watchdog(90, "jupyter_client kernel start"):
-                km, kc = self.jc_start()
+                km, kc = self.jc_start(kernel_name)
             yield km, kc
         finally:
             if km is not None:
@@ -1098,6 +1106,77 @@ def scenario_agents(b: Bench) -> dict[str, Any]:
         b.wait_pool(daemon, 2)
         with watchdog(budget + 120, "MCP execute_cell round trips"):
             out["mcp_execute_cell"] = asyncio.run(_mcp_roundtrips(daemon, n, warm, budget))
+    return res
+
+
+TQDM_CELL = "from tqdm.notebook import trange\nfor i in trange({n}{options}):\n    pass"
+COMM_TYPES = ("comm_open", "comm_msg", "comm_close")
+
+
+def scenario_widgets(b: Bench) -> dict[str, Any]:
+    """A `for i in tqdm.notebook.trange(10_000)` cell (tqdm's own pace: an update every 0.1 s),
+    and the same with an update every step (mininterval=0), through runtimed (execute_cell) and
+    through jupyter_client (execute_interactive, every comm message consumed by the client),
+    alternating, in one env (runtimed's inline env with tqdm; the jupyter_client kernel runs
+    its python); and the runtime-state document's size after 1,000 and 10,000 updates."""
+    warm = 2
+    cases = {"tqdm": TQDM_CELL.format(n=10_000, options=""),
+             "tqdm_every_step": TQDM_CELL.format(n=10_000, options=", mininterval=0")}
+    reps = {"tqdm": 30 if b.quick else 100, "tqdm_every_step": 5 if b.quick else 11}
+    res: dict[str, Any] = {"repetitions": reps, "warmups": warm}
+    rt_out = res.setdefault("runtimed", {})
+    jc_out = res.setdefault("jupyter_client", {})
+    side = Side(res, "runtimed", b)
+    with side, b.daemon("widgets", uv_pool_size=1) as daemon:
+        session = daemon.session()
+        try:
+            with watchdog(600, "an inline env with tqdm, and its kernel"):
+                session.connect()
+                session.add_dependency("tqdm")
+                session.start_kernel()
+                python = session.run("import sys; print(sys.executable)").stdout.strip()
+            rt_out["env"] = jc_out["env"] = python
+            cells = {name: session.create_cell(code) for name, code in cases.items()}
+            with Side(res, "jupyter_client", b), b.jc_kernel(b.kernelspec("bench-tqdm", python)) as (_km, kc):
+                times: dict[str, dict[str, list[float]]] = {c: {"rt": [], "jc": []} for c in cases}
+                comm_msgs: dict[str, int] = {}
+                for name, code in cases.items():
+                    for i in range(warm + reps[name]):
+                        with watchdog(120, f"runtimed {name}"):
+                            t0 = time.perf_counter()
+                            rt_check(session.execute_cell(cells[name], timeout_secs=120), name)
+                            rt_dt = time.perf_counter() - t0
+                        seen: list[str] = []
+                        with watchdog(120, f"jupyter_client {name}"):
+                            t0 = time.perf_counter()
+                            reply = kc.execute_interactive(code, timeout=120, allow_stdin=False,
+                                                           output_hook=lambda m: seen.append(m["msg_type"]))
+                            jc_dt = time.perf_counter() - t0
+                        if reply["content"]["status"] != "ok":
+                            raise RuntimeError(f"jupyter_client {name}: {reply['content']}")
+                        comm_msgs[name] = sum(t in COMM_TYPES for t in seen)
+                        if i >= warm:
+                            times[name]["rt"].append(rt_dt)
+                            times[name]["jc"].append(jc_dt)
+                for name in cases:
+                    what = f"{cases[name]!r}, {comm_msgs[name]} comm messages per run"
+                    rt_out[name] = {**summary(times[name]["rt"]), "what": "execute_cell of " + what}
+                    jc_out[name] = {**summary(times[name]["jc"]), "what": "execute_interactive of " + what}
+        finally:
+            close_session(session)
+        sizes = {}
+        for n in (1_000, 10_000):  # each in a notebook of its own (a room, a kernel)
+            fresh = daemon.session()
+            try:
+                with watchdog(300, f"document size after {n} updates"):
+                    fresh.connect()
+                    fresh.add_dependency("tqdm")
+                    rt_check(fresh.run(TQDM_CELL.format(n=n, options=", mininterval=0")), f"{n} updates")
+                    state = fresh._async.state  # the runtime-state document, as this session has it
+                    sizes[str(n)] = len(state.save())
+            finally:
+                close_session(fresh)
+        rt_out["document_bytes"] = sizes  # updates -> bytes
     return res
 
 
@@ -1815,6 +1894,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "files": scenario_files,
     "viewer": scenario_viewer,
     "agents": scenario_agents,
+    "widgets": scenario_widgets,
     "memory": scenario_memory,
     "conda_memory": scenario_conda_memory,
     "pool": scenario_pool,
@@ -1981,6 +2061,19 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         timed("stream(): kernel print -> caller (p50)", r, ("stream_latency",),
               target=TARGETS["stream_latency"], limit=0.005)
         timed("stream(): kernel print -> caller (p95)", r, ("stream_latency",), stat="p95")
+    if "widgets" in scen:
+        r = scen["widgets"]
+        timed("`for i in tqdm.notebook.trange(10_000)` cell (median)", r, ("tqdm",),
+              target=TARGETS["tqdm"], jc_limit_ratio=1.5)
+        timed("... with an update every step (mininterval=0)", r, ("tqdm_every_step",),
+              target=TARGETS["tqdm"], jc_limit_ratio=1.5)
+        docs = _get(r, "runtimed", "document_bytes") or {}
+        small, big = docs.get("1000"), docs.get("10000")
+        per_update = (big - small) / 9_000 if small and big else None
+        add("runtime-state document after a tqdm cell (mininterval=0): 1,000 -> 10,000 bar updates",
+            f"{small:,} -> {big:,} bytes ({per_update:.2f} B per extra update)" if per_update is not None
+            else (_err(r.get("runtimed")) or "-"),
+            "n/a", "-", TARGETS["widget_doc"], None if per_update is None else per_update < 1)
     if "memory" in scen:
         r = scen["memory"]
         rt, jc = r.get("runtimed"), r.get("jupyter_client")

@@ -175,12 +175,21 @@ class FakeHost:
     def offload_output(self, output: dict[str, Any]) -> dict[str, Any]:
         return output
 
+    def put_blob(self, raw: bytes, content_type: str) -> str | None:
+        return None
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        pass
+
     def annotate_cell(self, cell_id: str, execution_id: str, execution_count: int | None,
                       delay: float = 0.0) -> None:
         self.cells[cell_id] = (execution_id, execution_count)
 
     def notebook_metadata(self) -> dict[str, Any]:
         return {}
+
+    def keep_widgets(self) -> None:
+        pass
 
     def code_sources(self) -> list[str]:
         return []

@@ -219,6 +219,24 @@ def test_long_outputs_are_cut_with_a_note_saying_how_to_read_the_rest(runtimed_d
     asyncio.run(main())
 
 
+def test_a_widget_reads_as_it_is_now(runtimed_daemon):
+    async def main() -> None:
+        async with mcp_client(runtimed_daemon.socket_path) as client:
+            nb = (await call(client, "create_notebook")).structured_content["notebook_id"]
+            shown = await call(client, "run_code", notebook_id=nb, code=(
+                "from ipywidgets import IntSlider, HBox, HTML\n"
+                "w = IntSlider(3, max=10, description='level')\nHBox([HTML('speed'), w])"))
+            assert "--- widgets now ---\nHBox([HTML(value='speed'), IntSlider(description='level', " \
+                   "value=3, min=0, max=10)])" in text(shown)
+            await call(client, "run_code", notebook_id=nb, code="w.value = 7")
+            cell = await call(client, "get_cell", notebook_id=nb,
+                              cell_id=shown.structured_content["cell_id"])
+            assert "IntSlider(description='level', value=7, min=0, max=10)" in text(cell)
+            assert "value=3" in text(cell), "the output's own text: the slider when it was shown"
+
+    asyncio.run(main())
+
+
 def test_a_human_and_the_agent_share_one_room(runtimed_daemon):
     human = runtimed_daemon.session()
     human.start_kernel()

@@ -62,3 +62,20 @@ def test_a_cell_as_an_agent_reads_it():
     assert text.startswith("--- cell c7 (code; execution_count 4; tags parameters) ---\nprint('x' * 3000)")
     assert "characters cut" in text and 'get_cell(cell_id="c7") shows this cell alone' in text
     assert render.cell_text(cell, outputs=False).endswith("print('x' * 3000)")
+
+
+def test_widgets_are_shown_as_they_are_now_after_the_outputs_text():
+    view = {"model_id": "box", "version_major": 2, "version_minor": 0}
+    outputs = [Output("display_data", data={"text/plain": "HBox(...)", render.WIDGET_VIEW: view}),
+               Output("display_data", data={"text/plain": "gone", render.WIDGET_VIEW: {"model_id": "old"}})]
+    widgets = {"box": {"_model_name": "HBoxModel", "children": ["IPY_MODEL_bar", "IPY_MODEL_img"]},
+               "bar": {"_model_name": "FloatProgressModel", "value": 40.0, "max": 40.0, "min": 0.0,
+                       "bar_style": "success", "description": ""},
+               "img": {"_model_name": "ImageModel", "value": b"\x89PNG" * 10}}
+    text = render.widgets_text(outputs, widgets)
+    assert text == ("\n--- widgets now ---\nHBox([FloatProgress(value=40.0, min=0.0, max=40.0, "
+                    "bar_style='success'), Image(value=<40 bytes>)])\n(closed widget old)")
+    assert render.widgets_text(outputs, {}) == "" and render.widgets_text([], widgets) == ""
+    result = ExecutionResult("c1", True, 1, outputs, execution_id="e1", status="done")
+    [block] = render.result_content(result, widgets=widgets)
+    assert block.text.endswith("HBox(...)\ngone" + text), "after the text offsets point into"

@@ -16,8 +16,8 @@ from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.client.sidecar import Sidecar, sidecar
 from runtimed.client.sync import DaemonClient, Session
 from runtimed.errors import (
-    CellNotFound, ConfigError, DaemonNotRunning, DaemonUnavailable, EnvironmentFailed,
-    ExecutionNotFound, ExecutionTimeout, InvalidRequest, KernelDied, KernelError,
+    CellNotFound, CommNotFound, ConfigError, DaemonNotRunning, DaemonUnavailable,
+    EnvironmentFailed, ExecutionNotFound, ExecutionTimeout, InvalidRequest, KernelDied, KernelError,
     KernelLaunchFailed, NoKernel, NotConnected, NotebookFileError, PluginError, ProtocolError,
     RuntimedError, RuntimedWarning,
 )
@@ -25,8 +25,8 @@ from runtimed.errors import (
 from runtimed.version import __version__  # noqa: F401 - the package version
 
 __all__ = [
-    "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "ConfigError", "DaemonClient",
-    "DaemonNotRunning", "DaemonUnavailable", "EnvironmentFailed", "ExecutionEvent",
+    "AsyncDaemonClient", "AsyncSession", "Cell", "CellNotFound", "CommNotFound", "ConfigError",
+    "DaemonClient", "DaemonNotRunning", "DaemonUnavailable", "EnvironmentFailed", "ExecutionEvent",
     "ExecutionNotFound", "ExecutionResult", "ExecutionTimeout", "InvalidRequest", "KernelDied",
     "KernelError", "KernelLaunchFailed", "NoKernel", "NotConnected", "NotebookFileError", "Output",
     "PluginError", "ProtocolError", "RuntimedError", "RuntimedWarning", "Session", "Sidecar",

@@ -8,6 +8,7 @@ Every error a user can see is a :class:`RuntimedError`. The tree::
     ├── NotConnected               a call that needs a connection was made without one
     ├── ProtocolError              malformed frames, bad handshakes, unknown requests
     ├── CellNotFound (LookupError) a cell id that is not in the notebook
+    ├── CommNotFound (LookupError) a comm (widget model) the kernel has not opened, or closed
     ├── ExecutionNotFound (LookupError) an execution id the daemon has no result for
     ├── InvalidRequest (ValueError) bad arguments: markdown cell executed, malformed metadata JSON
     ├── KernelError                anything about the kernel
@@ -78,6 +79,15 @@ class CellNotFound(RuntimedError, LookupError):
         super().__init__(f"Cell not found: {cell_id}", cell_id=cell_id, **context)
 
 
+class CommNotFound(RuntimedError, LookupError):
+    """A message for a comm the kernel does not hold (never opened, closed, or gone with a
+    restart); ``comm_id`` names it."""
+
+    @property
+    def comm_id(self) -> str | None:
+        return self.context.get("comm_id")
+
+
 class ExecutionNotFound(RuntimedError, LookupError):
     """``get_result`` of an id the daemon never ran, or whose result is no longer kept."""
 
@@ -138,7 +148,8 @@ class ConfigError(RuntimedError, ValueError):
 _BY_NAME: dict[str, type[RuntimedError]] = {
     cls.__name__: cls
     for cls in (
-        RuntimedError, DaemonUnavailable, DaemonNotRunning, NotConnected, ProtocolError, InvalidRequest, ExecutionNotFound,
+        RuntimedError, DaemonUnavailable, DaemonNotRunning, NotConnected, ProtocolError, InvalidRequest,
+        CommNotFound, ExecutionNotFound,
         KernelError, NoKernel, KernelLaunchFailed, KernelDied, ExecutionTimeout,
         EnvironmentFailed, NotebookFileError, PluginError, ConfigError,
     )

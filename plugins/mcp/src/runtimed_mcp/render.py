@@ -5,13 +5,18 @@ escapes stripped) and one image block per image. A text longer than the budget
 keeps its start and its end (where errors and final values are) and says, in the
 middle, how much was cut and how to read it: ``get_result(execution_id,
 offset=N)`` returns the text from character N on.
+
+A widget output's text is what the widget was when it was displayed (its
+``text/plain``: a ``tqdm.notebook`` bar at 0%); what it is now (the state the
+kernel holds: a slider's value, the bar at 100%) follows the outputs' text in a
+block of its own, so offsets into that text stay the same while widgets change.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mcp.types import ContentBlock, ImageContent, TextContent
@@ -27,6 +32,13 @@ TRACEBACK_LINES = 12
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 TEXT_TYPES = ("text/markdown", "text/plain", "application/json", "text/latex", "image/svg+xml",
               "text/html")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+#: The state keys of a widget an agent is shown (the rest are layout, style and internals).
+WIDGET_KEYS = ("description", "value", "index", "min", "max", "bar_style")
+#: Characters of one state value shown; nested boxes shown this deep.
+WIDGET_VALUE_CHARS, WIDGET_DEPTH = 120, 4
+#: ``session.widget_state()``: model id -> state.
+Widgets = Mapping[str, Mapping[str, Any]]
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
 
@@ -82,6 +94,38 @@ def output_parts(outputs: Iterable[Output]) -> tuple[str, list[ImageContent]]:
     return joined, images
 
 
+def _widget(model_id: str, widgets: Widgets, depth: int = 0) -> str:
+    state = widgets.get(model_id)
+    if state is None:
+        return f"(closed widget {model_id})"
+    name = str(state.get("_model_name") or "Widget").removesuffix("Model")
+    parts = []
+    for key in WIDGET_KEYS:
+        value = state.get(key)
+        if value is None or value == "":
+            continue
+        shown = f"<{len(value)} bytes>" if isinstance(value, (bytes, bytearray)) else repr(value)
+        if len(shown) > WIDGET_VALUE_CHARS:
+            shown = shown[:WIDGET_VALUE_CHARS] + "..."
+        parts.append(f"{key}={strip_ansi(shown)}")
+    children = [c.removeprefix("IPY_MODEL_") for c in state.get("children") or []
+                if isinstance(c, str) and c.startswith("IPY_MODEL_")]
+    if children:
+        parts.append("[" + ", ".join(_widget(c, widgets, depth + 1) for c in children) + "]"
+                     if depth < WIDGET_DEPTH else f"[{len(children)} widgets]")
+    return f"{name}({', '.join(parts)})"
+
+
+def widgets_text(outputs: Iterable[Output], widgets: Widgets | None) -> str:
+    """What the widgets that ``outputs`` show are now (``widgets``: the session's
+    ``widget_state()``), one line each, boxes with their children; "" if they show none."""
+    if not widgets:
+        return ""
+    views = [out.data.get(WIDGET_VIEW) for out in outputs if out.data]
+    ids = [v["model_id"] for v in views if isinstance(v, dict) and isinstance(v.get("model_id"), str)]
+    return "\n--- widgets now ---\n" + "\n".join(_widget(i, widgets) for i in ids) if ids else ""
+
+
 def cut(text: str, max_chars: int, how_to_read: str) -> str:
     """``text`` within ``max_chars``: its start and end, with a note of what was left out
     in between (``how_to_read`` is formatted with ``offset``: where the cut starts)."""
@@ -109,9 +153,10 @@ def status_line(result: ExecutionResult) -> str:
 
 
 def result_content(result: ExecutionResult, max_chars: int = DEFAULT_MAX_CHARS, *,
-                   offset: int = 0) -> list[ContentBlock]:
+                   offset: int = 0, widgets: Widgets | None = None) -> list[ContentBlock]:
     """An execution's result for an agent: a status line, its outputs' text (cut to
-    ``max_chars``; from ``offset`` on, if given) and its images (only with the start)."""
+    ``max_chars``; from ``offset`` on, if given), its widgets now (:func:`widgets_text`) and
+    its images (only with the start)."""
     text, images = output_parts(result.outputs)
     header = status_line(result)
     if offset:
@@ -124,6 +169,7 @@ def result_content(result: ExecutionResult, max_chars: int = DEFAULT_MAX_CHARS, 
     read = (f"get_result(execution_id=\"{result.execution_id}\", offset={{offset}}) returns the "
             "text from there")
     body = cut(text, max_chars, read) if text else "(no output)"
+    body += widgets_text(result.outputs, widgets)
     return [TextContent(type="text", text=f"{header}\n{body}"), *images]
 
 
@@ -136,8 +182,10 @@ def result_summary(result: ExecutionResult) -> dict[str, Any]:
             "error": f"{error.ename}: {error.evalue}" if error is not None else None}
 
 
-def cell_text(cell: Cell, *, outputs: bool = True, max_chars: int = DEFAULT_MAX_CHARS) -> str:
-    """A cell as an agent reads it: id, type, count, tags, source, and its outputs' text."""
+def cell_text(cell: Cell, *, outputs: bool = True, max_chars: int = DEFAULT_MAX_CHARS,
+              widgets: Widgets | None = None) -> str:
+    """A cell as an agent reads it: id, type, count, tags, source, its outputs' text and
+    widgets (:func:`widgets_text`)."""
     tags = cell.metadata.get("tags") or []
     meta = [cell.cell_type]
     if cell.execution_count is not None:
@@ -148,7 +196,7 @@ def cell_text(cell: Cell, *, outputs: bool = True, max_chars: int = DEFAULT_MAX_
     if outputs and cell.outputs:
         body, images = output_parts(cell.outputs)
         read = f"get_cell(cell_id=\"{cell.id}\") shows this cell alone"
-        text += "\n--- outputs ---\n" + cut(body, max_chars, read)
+        text += "\n--- outputs ---\n" + cut(body, max_chars, read) + widgets_text(cell.outputs, widgets)
         if images:
             text += f"\n({len(images)} image{'s' if len(images) > 1 else ''}: get_cell shows them)"
     return text

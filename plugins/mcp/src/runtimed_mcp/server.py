@@ -174,8 +174,10 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
             return fn
         return register
 
-    def result_tool_output(result: ExecutionResult, offset: int = 0) -> CallToolResult:
-        return CallToolResult(content=render.result_content(result, max_chars, offset=offset),
+    def result_tool_output(result: ExecutionResult, offset: int = 0,
+                           widgets: render.Widgets | None = None) -> CallToolResult:
+        return CallToolResult(content=render.result_content(result, max_chars, offset=offset,
+                                                            widgets=widgets),
                               structured_content=render.result_summary(result))
 
     async def run_streamed(session: AsyncSession, cell_id: str, timeout_secs: float,
@@ -190,7 +192,7 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
                     execution_id = event.execution_id
                 elif event.kind == "done":
                     assert event.result is not None
-                    return result_tool_output(event.result)
+                    return result_tool_output(event.result, widgets=await session.widget_state())
         except runtimed.ExecutionTimeout:
             so_far = ""
             if execution_id is not None:
@@ -276,8 +278,9 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
         session = await notebooks.get(notebook_id)
         cells = await session.get_cells()
         per_cell = max(max_chars // max(len(cells), 1), 500)
-        text = "\n".join(render.cell_text(c, outputs=include_outputs, max_chars=per_cell)
-                         for c in cells)
+        widgets = await session.widget_state()
+        text = "\n".join(render.cell_text(c, outputs=include_outputs, max_chars=per_cell,
+                                          widgets=widgets) for c in cells)
         text = render.cut(text, 4 * max_chars, "get_cell(notebook_id, cell_id) shows any cell whole")
         return _text(f"{len(cells)} cells\n{text}" if cells else "(no cells)",
                      {"cells": [{"cell_id": c.id, "cell_type": c.cell_type} for c in cells]})
@@ -290,7 +293,8 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
         text, images = render.output_parts(cell.outputs)
         body = render.cell_text(cell, outputs=False)
         if cell.outputs:
-            body += "\n--- outputs ---\n" + render.cut(text, max_chars, "the start and end are shown")
+            body += ("\n--- outputs ---\n" + render.cut(text, max_chars, "the start and end are shown")
+                     + render.widgets_text(cell.outputs, await session.widget_state()))
         return CallToolResult(content=[TextContent(type="text", text=body), *images],
                               structured_content={"cell_id": cell.id, "cell_type": cell.cell_type,
                                                   "source": cell.source,
@@ -410,11 +414,13 @@ def build_server(socket_path: str | None = None, max_output_chars: int = render.
         results = await session.run_all(timeout_secs=timeout_secs, allow_errors=allow_errors)
         per_cell = max(max_chars // max(len(results), 1), 500)
         blocks = []
+        widgets = await session.widget_state()
         for result in results:
             text, _ = render.output_parts(result.outputs)
             read = f"get_result(execution_id=\"{result.execution_id}\", offset={{offset}}) reads on"
             blocks.append(render.status_line(result) + ("\n" + render.cut(text, per_cell, read)
-                                                        if text else ""))
+                                                        if text else "")
+                          + render.widgets_text(result.outputs, widgets))
         ok = all(r.success for r in results)
         outcome = "all ok" if ok else "some failed" if allow_errors else "stopped at an error"
         head = f"{len(results)} cells run, {outcome}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import uuid
@@ -20,10 +21,13 @@ from runtimed.client.follow import Follower, StdinHandler, follow
 from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
-from runtimed.document.runtime_state import read_execution, read_kernel, read_saved_outputs
+from runtimed.document.runtime_state import (
+    model_state, read_comms, read_execution, read_kernel, read_saved_outputs,
+)
 from runtimed.errors import (
     DaemonUnavailable,
     ExecutionTimeout,
+    InvalidRequest,
     KernelDied,
     NotConnected,
     ProtocolError,
@@ -36,6 +40,9 @@ CONNECT_TIMEOUT = 10.0
 
 
 log = logging.getLogger("runtimed.client")
+
+#: ``callback(comm_id, data, buffers)``: a custom message a comm of the kernel sent.
+CommListener = Callable[[str, dict[str, Any], list[bytes]], None]
 
 
 def _log_notice(notebook_id: str, event: dict[str, Any]) -> None:
@@ -88,6 +95,7 @@ class AsyncSession:
         self._connect_lock: asyncio.Lock | None = None
         self._blobs: BlobReader | None = None  # the daemon's blob store, read directly
         self._http: dict[str, str] = {}  # the daemon's HTTP server: url, token
+        self._comm_listener: CommListener | None = None
         #: Executions this session follows (stream events, stdin), by the token it chose.
         self._followers: dict[str, Follower] = {}
 
@@ -219,6 +227,9 @@ class AsyncSession:
                     self.state = Replica.load(base64.b64decode(event["state"]))
                 self._welcome.set_result(event)
                 return
+            if event.get("event") == "comm_msgs":
+                self._comm_messages(event.get("messages") or [])
+                return
             if event.get("event") in ("execution", "input_request"):
                 self._follower_event(event)
                 return
@@ -243,6 +254,17 @@ class AsyncSession:
             if seen != self._progress_seen:
                 self._progress_seen = seen
                 self._progress_listener(kernel)
+
+    def _comm_messages(self, messages: list[dict[str, Any]]) -> None:
+        listener = self._comm_listener
+        if listener is None:
+            return
+        for message in messages:
+            try:
+                listener(message["comm_id"], message.get("data") or {},
+                         [base64.b64decode(b) for b in message.get("buffers") or []])
+            except Exception:  # the callback's bug must not break the connection
+                log.exception("The on_comm_message callback failed")
 
     def _follower_event(self, event: dict[str, Any]) -> None:
         follower = self._followers.get(event.get("token"))  # type: ignore[arg-type]
@@ -547,6 +569,40 @@ class AsyncSession:
     def _follow(self, cell_id: str, timeout_secs: float | None, stdin: StdinHandler | None,
                 *, events: bool) -> AsyncIterator[ExecutionEvent]:
         return follow(self, cell_id, timeout_secs, stdin, events=events)
+
+    # widgets ---------------------------------------------------------------------------------------
+    async def widget_state(self) -> dict[str, dict[str, Any]]:
+        """Every widget model the kernel holds (ipywidgets, anywidget, ``tqdm.notebook``): model
+        id -> its state (``value``, ``description``, ``_model_name``...; binary buffers as
+        bytes), as the kernel last sent it. A model id is what a widget output's
+        ``application/vnd.jupyter.widget-view+json`` names."""
+        self._require_replica()
+        read = self._blobs.read if self._blobs is not None else (lambda sha: None)
+        return {comm_id: model_state(comm, read) for comm_id, comm in read_comms(self.state).items()
+                if comm["model_name"]}
+
+    async def send_comm_message(self, comm_id: str, data: dict[str, Any]) -> None:
+        """Send the kernel a message on comm ``comm_id``, as a frontend does when a user moves
+        a slider: ``{"method": "update", "state": {"value": 7}}`` sets a widget's ``value``
+        (every session sees it at once; the kernel's echo confirms it), ``{"method": "custom",
+        "content": {"event": "click"}}`` clicks a Button. Raises :class:`CommNotFound` if the
+        kernel holds no such comm (closed, or gone with a restart), :class:`NoKernel` without
+        a kernel, :class:`InvalidRequest` if ``data`` is not a JSON object."""
+        if not isinstance(data, dict):
+            raise InvalidRequest("send_comm_message: data must be a dict (a JSON object)")
+        try:
+            json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"send_comm_message: data must be JSON-serialisable ({exc})",
+                                 notebook_id=self._notebook_id) from None
+        await self._sync_state(await self._request("send_comm", comm_id=comm_id, data=data))
+
+    async def on_comm_message(self, callback: CommListener | None) -> None:
+        """Call ``callback(comm_id, data, buffers)`` (on the session's event loop) for each
+        custom message a comm of the kernel sends (a widget's ``send()``: ``data`` is
+        ``{"method": "custom", "content": ...}``); None stops. Custom messages are not kept:
+        only those sent while a callback is set arrive."""
+        self._comm_listener = callback
 
     async def _import_notebook(self, path: str | os.PathLike[str]) -> None:
         """Fill this empty, untitled notebook with a copy of the file at ``path`` (which stays

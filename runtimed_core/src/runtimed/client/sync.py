@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from runtimed.client.async_session import AsyncDaemonClient, AsyncSession
+from runtimed.client.async_session import AsyncDaemonClient, AsyncSession, CommListener
 from runtimed.client.events import ExecutionEvent
 from runtimed.client.results import Cell, ExecutionResult
 from runtimed.errors import RuntimedError
@@ -184,6 +184,18 @@ class Session:
     def show(self, open_browser: bool = True) -> str:
         """See :meth:`AsyncSession.show`."""
         return _LoopThread.run(self._async.show(open_browser))
+
+    def widget_state(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`AsyncSession.widget_state`."""
+        return _LoopThread.run(self._async.widget_state())
+
+    def send_comm_message(self, comm_id: str, data: dict[str, Any]) -> None:
+        """See :meth:`AsyncSession.send_comm_message`."""
+        _LoopThread.run(self._async.send_comm_message(comm_id, data))
+
+    def on_comm_message(self, callback: CommListener | None) -> None:
+        """See :meth:`AsyncSession.on_comm_message` (``callback`` runs on the loop thread)."""
+        _LoopThread.run(self._async.on_comm_message(callback))
 
     def _import_notebook(self, path: str | os.PathLike[str]) -> None:
         _LoopThread.run(self._async._import_notebook(path))

@@ -5,6 +5,9 @@ running returns the existing execution. An error stops the queue (the cells
 still queued fail as cancelled). Interrupt clears the queue and interrupts the
 running cell. A kernel that dies fails its running and queued cells.
 
+The kernel's comms (widget models) are the :class:`~runtimed.daemon.comms.CommRecorder`'s:
+they live from the kernel's ``comm_open`` to its ``comm_close`` or the kernel's end.
+
 Another Jupyter client may attach to the kernel with its connection file
 (``jupyter console --existing``): what it runs is recorded too, as an execution
 with ``origin`` ``external`` and no cell (from the kernel's ``execute_input``
@@ -26,18 +29,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtimed.daemon.comms import CommRecorder
 from runtimed.daemon.host import RoomHost
 from runtimed.daemon.kernel import EOF
 from runtimed.daemon.outputs import PROGRESS_DELAY, OutputRecorder
 from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import Lease
-from runtimed.errors import KernelDied, KernelError
+from runtimed.errors import KernelDied, KernelError, NoKernel
 from runtimed.sinks import ExecutionContext
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,9 @@ OUTPUT_MSG_TYPES = frozenset(
 )
 #: How long an interrupted cell may take to end before interrupt() reports it could not.
 INTERRUPT_GRACE = 5.0
+#: Seconds of IOPub silence after an execution's reply after which its status "idle" is taken
+#: as lost (a kernel's PUB socket drops messages when a subscriber falls far behind).
+IDLE_LOST_AFTER = 2.0
 #: Finished executions no cell shows any more that stay in the runtime-state document, the
 #: most recent ones (older ones are dropped; what a cell shows is always kept).
 KEEP_FINISHED = 64
@@ -104,6 +112,8 @@ class KernelRunner:
         self._restart = restart
         self._release = release
         self.outputs = OutputRecorder(host)
+        self.comms = CommRecorder(host, lambda content: self.lease.kernel.send(
+            "shell", "comm_msg", content))
         self.kernel_type = lease.kernel_type
         self.env_source = lease.env_source
         self.queue: deque[Execution] = deque()
@@ -125,6 +135,7 @@ class KernelRunner:
         kernel = self.lease.kernel
         self.dead_reason = None
         kernel.on_unrouted = self._unrouted
+        kernel.on_comm = self.comms.on_message
         attach = kernel.attach_file
         self.host.writer.set_kernel(lifecycle="running", activity="idle", error=None, progress=None,
                                     connection_file=str(attach) if attach else None)
@@ -134,8 +145,9 @@ class KernelRunner:
             self._runner = asyncio.create_task(self._drain())
 
     async def restart(self) -> None:
-        """Replace the kernel; queued and running cells fail."""
+        """Replace the kernel; queued and running cells fail, its comms close."""
         self.fail_all("Kernel restarted", "restarted")
+        self.comms.clear()
         if self._watcher is not None:
             self._watcher.cancel()
         host = self.host
@@ -159,6 +171,7 @@ class KernelRunner:
     async def shutdown(self) -> None:
         """Stop the kernel for good and hand the environment back."""
         self.fail_all("Kernel shut down", "shutdown")
+        self.comms.clear()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +191,7 @@ class KernelRunner:
         self.dead_reason = reason
         await kernel.kill()
         self.fail_all(reason, "kernel_died")
+        self.comms.clear()
         self.host.writer.set_kernel(lifecycle="error", activity=None, error=reason,
                                     connection_file=None)
         self.host.schedule_flush()
@@ -218,6 +232,13 @@ class KernelRunner:
         self._wake.set()
         return ex
 
+    def send_comm(self, comm_id: str, data: dict[str, Any]) -> None:
+        """A frontend's ``comm_msg`` to the kernel (see :meth:`CommRecorder.send`)."""
+        if not self.alive:
+            raise NoKernel(self.dead_reason or "The kernel is not running",
+                           notebook_id=self.host.notebook_id)
+        self.comms.send(comm_id, data)
+
     def interrupt_queue(self) -> list[Execution]:
         """Fail every queued (not running) execution; return them."""
         cancelled = list(self.queue)
@@ -254,6 +275,8 @@ class KernelRunner:
         parent = msg["parent_header"].get("msg_id")
         msg_type = msg["header"]["msg_type"]
         content = msg["content"]
+        if msg_type in OUTPUT_MSG_TYPES and self.comms.capture(msg):
+            return  # an Output widget's (a widget callback's `with out:`, say)
         ex = self._external.get(parent)
         if ex is None:
             if msg_type != "execute_input":
@@ -390,6 +413,7 @@ class KernelRunner:
         kernel = self.lease.kernel
         host = self.host
         outputs = self.outputs
+        comms = self.comms
         sinks = self.sinks or None
         self.running = ex
         ex.status = "running"
@@ -406,11 +430,12 @@ class KernelRunner:
             content = msg["content"]
             saw_error = saw_error or msg_type == "error"
             if msg_type in OUTPUT_MSG_TYPES:
-                outputs.output(eid, msg_type, content)
+                if not comms.capture(msg):  # else an Output widget's (`with out:`)
+                    outputs.output(eid, msg_type, content)
+                    for observer in observers:
+                        observer("output", {"msg_type": msg_type, "content": content})
                 if sinks is not None:
                     sinks.output(ctx, msg_type, content)
-                for observer in observers:
-                    observer("output", {"msg_type": msg_type, "content": content})
             elif msg_type == "status":
                 if content.get("execution_state") == "idle" and not idle.done():
                     idle.set_result(None)
@@ -437,7 +462,7 @@ class KernelRunner:
         host.schedule_flush(PROGRESS_DELAY)
         msg_id = None
         try:
-            both = asyncio.gather(reply, idle)
+            both = asyncio.gather(reply, self._until_idle(idle, reply, kernel))
             await asyncio.wait({both, kernel.exited}, return_when=asyncio.FIRST_COMPLETED)
             if not both.done() or reply.cancelled():  # the kernel is gone; this execution is
                 both.cancel()                          # failed by whoever stopped it (or _watch)
@@ -472,6 +497,21 @@ class KernelRunner:
         self._finish(ex, status="done" if ok else "error", success=ok, error=error,
                      kernel=None if self.queue else {"activity": "idle"})
         host.flush()
+
+
+    async def _until_idle(self, idle: asyncio.Future[None], reply: asyncio.Future[Any],
+                          kernel: Any) -> None:
+        """Until the execution's status "idle" arrives, or, once its reply is in, IOPub has
+        been silent :data:`IDLE_LOST_AFTER` seconds (then it was lost: the cell ends anyway)."""
+        await asyncio.wait({idle, reply}, return_when=asyncio.FIRST_COMPLETED)
+        while not idle.done() and not reply.cancelled():
+            quiet = time.monotonic() - kernel.last_iopub
+            if quiet >= IDLE_LOST_AFTER:
+                log.warning("%s: the kernel's 'idle' after an execution never arrived (IOPub "
+                            "messages lost: the daemon fell behind a flood); taken as ended",
+                            self.host.notebook_id)
+                return
+            await asyncio.wait({idle}, timeout=IDLE_LOST_AFTER - quiet)
 
 
 def _reply_error(content: dict[str, Any]) -> str:

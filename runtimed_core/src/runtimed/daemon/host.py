@@ -2,7 +2,7 @@
 
 :class:`runtimed.daemon.room.Room` implements it; the kernel side
 (:mod:`~runtimed.daemon.room_kernel`, :mod:`~runtimed.daemon.executor`,
-:mod:`~runtimed.daemon.outputs`) sees only this, never the room itself, so
+:mod:`~runtimed.daemon.outputs`, :mod:`~runtimed.daemon.comms`) sees only this, never the room itself, so
 tests can drive it with a small fake and no module imports its caller.
 """
 
@@ -39,6 +39,14 @@ class RoomHost(Protocol):
         """``output`` with its images and long texts moved to the blob store."""
         ...
 
+    def put_blob(self, raw: bytes, content_type: str) -> str | None:
+        """Keep ``raw`` in the blob store; its SHA-256, or None if it is over the cap."""
+        ...
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        """Tell every peer (``event["event"]`` names what happened)."""
+        ...
+
     def before_flush(self, write: Callable[[], None]) -> None:
         """Run ``write`` once, at the start of the next flush (batched document writes)."""
         ...
@@ -49,6 +57,11 @@ class RoomHost(Protocol):
         ...
 
     def notebook_metadata(self) -> dict[str, Any]: ...
+
+    def keep_widgets(self) -> None:
+        """The kernel's widget models are about to go (with the kernel): keep their last state
+        as the notebook's ``metadata.widgets``, what its saved file shows them with."""
+        ...
 
     def code_sources(self) -> list[str]:
         """The sources of the notebook's code cells, in order."""

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,12 @@ INTERRUPT_REPLY_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 2.0
 #: Kernel messages handled per socket per event-loop turn.
 DRAIN_BATCH = 256
+#: IOPub messages received and not yet handled, at most (a few seconds of a widget flood,
+#: ~10 MB); past it the kernel's side drops them.
+IOPUB_BACKLOG = 20_000
 
 IOPubHandler = Callable[[str, dict[str, Any]], None]
+COMM_MSG_TYPES = frozenset(("comm_open", "comm_msg", "comm_close"))
 #: ``on_stdin(message)``: an ``input_request`` of the kernel, for a request sent with
 #: ``allow_stdin`` (answer it with :meth:`Kernel.answer_input`).
 StdinHandler = Callable[[dict[str, Any]], None]
@@ -103,6 +108,10 @@ class ZmqChannels(KernelChannels):
             sock.setsockopt(zmq.RECONNECT_IVL, 10)  # the kernel binds after we connect; retry fast
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+                # A kernel's PUB socket drops what a subscriber has not taken past its high-water
+                # mark (1,000 messages): ZMQ's own thread keeps up to IOPUB_BACKLOG more here
+                # while this loop is busy (a flood of widget updates), bounded in memory.
+                sock.setsockopt(zmq.RCVHWM, IOPUB_BACKLOG)
             if name in ("shell", "stdin"):
                 sock.setsockopt(zmq.IDENTITY, identity)
             sock.connect(self._url(name))
@@ -176,7 +185,12 @@ class Kernel:
         self._iopub_handlers: dict[str, IOPubHandler] = {}
         #: Gets IOPub messages whose parent request the daemon did not send (another client's).
         self.on_unrouted: Callable[[dict[str, Any]], None] | None = None
+        #: Gets every comm message on IOPub (``comm_open``, ``comm_msg``, ``comm_close``),
+        #: whichever request it belongs to: widgets outlive the cell that made them.
+        self.on_comm: Callable[[dict[str, Any]], None] | None = None
         self._stdin_handlers: dict[str, StdinHandler] = {}
+        #: When the last IOPub message arrived (``time.monotonic()``).
+        self.last_iopub = time.monotonic()
         self._closing = False
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch())
@@ -265,6 +279,10 @@ class Kernel:
     def _deliver(self, channel: str, msg: dict[str, Any]) -> None:
         parent = msg["parent_header"].get("msg_id")
         if channel == "iopub":
+            self.last_iopub = time.monotonic()
+            if self.on_comm is not None and msg["header"].get("msg_type") in COMM_MSG_TYPES:
+                self.on_comm(msg)
+                return
             handler = self._iopub_handlers.get(parent)
             if handler is not None:
                 handler(msg["header"]["msg_type"], msg)
@@ -333,6 +351,10 @@ class Kernel:
             self.forget(msg_id)
             if not fut.done():
                 fut.cancel()
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a message that gets no reply (a ``comm_msg``); its msg_id."""
+        return self.channels.send(channel, msg_type, content)
 
     async def run_silently(self, code: str, timeout: float = 10.0) -> None:
         """Execute ``code`` without history or outputs; raise KernelLaunchFailed if it fails."""

@@ -323,6 +323,9 @@ class Room:
     def read_blob(self, sha256: str) -> bytes | None:
         return self.blobs.read(sha256)
 
+    def put_blob(self, raw: bytes, content_type: str) -> str | None:
+        return self.blobs.put(raw, content_type)
+
     def blob_shas(self) -> set[str]:
         """Every blob this room's runtime state refers to (the garbage collector keeps them)."""
         return self._writer.blob_shas()
@@ -376,6 +379,15 @@ class Room:
         ipynb.fill_documents(self.doc, self._writer, loaded["nb"], self.offload_output)
         self.doc_changed_locally()
 
+    async def send_comm(self, comm_id: Any, data: Any) -> None:
+        """A frontend's comm message (a slider moved) to the kernel (see
+        :meth:`~runtimed.daemon.comms.CommRecorder.send`)."""
+        if not isinstance(comm_id, str) or not isinstance(data, dict):
+            raise InvalidRequest("send_comm needs a comm_id (a string) and data (a JSON object)",
+                                 notebook_id=self.notebook_id)
+        runner = await self.kernel.runner_for(auto_start=False)
+        runner.send_comm(comm_id, data)
+
     def clear_outputs(self, cell_ids: list[str] | None) -> None:
         """Clear the outputs and counts of ``cell_ids`` (None: every cell)."""
         ids = notebook.cell_ids(self.doc) if cell_ids is None else cell_ids
@@ -387,6 +399,12 @@ class Room:
 
     def notebook_metadata(self) -> dict[str, Any]:
         return notebook.get_metadata(self.doc)
+
+    def keep_widgets(self) -> None:
+        widgets = ipynb.widgets_metadata(self.state, self.read_blob)
+        if widgets is not None and notebook.get_metadata(self.doc).get("widgets") != widgets:
+            notebook.set_metadata_value(self.doc, "widgets", widgets)
+            self.doc_changed_locally()
 
     def code_sources(self) -> list[str]:
         return [c.source for c in notebook.read_cells(self.doc) if c.cell_type == "code"]

@@ -188,6 +188,7 @@ class RoomKernel:
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.fail_all("Kernel shut down", "shutdown")  # now, before this returns
+            runner.comms.clear()
             stopping = asyncio.ensure_future(runner.shutdown())
             self._stopping.add(stopping)
             stopping.add_done_callback(self._stopping.discard)

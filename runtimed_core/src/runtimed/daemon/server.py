@@ -459,6 +459,9 @@ class Connection:
                 raise InvalidRequest("clear_outputs: cell_ids must be a list of cell ids")
             room.clear_outputs(cell_ids)
             return _heads(room)
+        if kind == "send_comm":
+            await room.send_comm(req.get("comm_id"), req.get("data"))
+            return _heads(room)
         if kind == "ping":
             return {"pong": True}
         if kind in agent_requests.NOTEBOOK_KINDS:

@@ -9,8 +9,11 @@ Routes (all behind the daemon's secret, :mod:`runtimed.web.server`):
 - ``GET /notebook?id=<notebook id>`` or ``?path=<file>``: the live page;
 - ``WS /ws/notebook?id=...|path=...``: what the page shows, as JSON, updated as
   the room changes: a ``snapshot`` first, then ``update`` messages with the
-  cells that changed (every page of a room shares one view, computed at most
-  every :data:`MIN_INTERVAL` seconds).
+  cells and widget models that changed (every page of a room shares one view,
+  computed at most every :data:`MIN_INTERVAL` seconds). The page sends
+  ``{"type": "comm_msg", "comm_id": ..., "data": {...}}`` when a control is
+  moved (a comm message to the kernel, as ``session.send_comm_message``); a
+  refusal comes back as ``{"type": "notice", "message": ...}``.
 
 A room that a page shows is kept open like one that a session has.
 """
@@ -29,7 +32,7 @@ from urllib.parse import quote
 from runtimed import version
 from runtimed.blobs import BlobStore, blob_file, valid_sha
 from runtimed.document import notebook
-from runtimed.document.runtime_state import read_kernel
+from runtimed.document.runtime_state import read_comm, read_comms, read_kernel
 from runtimed.errors import RuntimedError
 from runtimed.formats.ipynb import cell_outputs
 from runtimed.web import assets, view
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: The shortest time between two computations of a room's view (seconds).
 MIN_INTERVAL = 0.03
+#: The largest message a page may send (a comm message: a control's new value).
+MAX_PAGE_MESSAGE = 1 << 20
 
 
 class RoomView:
@@ -50,6 +55,10 @@ class RoomView:
         self.order: list[str] = []
         self.cells: dict[str, str] = {}  # cell id -> its view, as JSON
         self.kernel = ""
+        #: Model id -> its view, as JSON: the kernel's models, or with none the saved ones.
+        self.widgets: dict[str, str] = {}
+        self._live: dict[str, str] | None = None
+        self._saved: dict[str, str] = {}
         self.pages = 0
         self._seen: tuple[int, int] = (-1, -1)
         self._doc_version = -1
@@ -66,6 +75,8 @@ class RoomView:
         dirty = room.writer.take_dirty()  # executions (and saved outputs) written since
         if doc.version != self._doc_version:
             self._doc_version = doc.version
+            self._saved = {mid: json.dumps(model) for mid, model in
+                           view.saved_widget_views(notebook.get_metadata(doc)).items()}
             self._cell_data = notebook.read_cells(doc)
             self.order = [c.id for c in self._cell_data]
             for gone in set(self.cells) - set(self.order):
@@ -82,6 +93,21 @@ class RoomView:
         kernel = read_kernel(state)
         self.kernel = json.dumps({k: kernel.get(k) for k in
                                   ("lifecycle", "activity", "kernel_type", "error", "env_source")})
+        self._refresh_widgets(dirty)
+
+    def _refresh_widgets(self, dirty: set[str]) -> None:
+        state = self.room.state
+        if self._live is None:  # the first look: every model
+            self._live = {mid: json.dumps(view.widget_view(comm, _blob_url))
+                          for mid, comm in read_comms(state).items() if comm["model_name"]}
+        for key in dirty:
+            if key.startswith("comm:"):
+                comm = read_comm(state, key[5:])
+                if comm is not None and comm["model_name"]:
+                    self._live[key[5:]] = json.dumps(view.widget_view(comm, _blob_url))
+                else:
+                    self._live.pop(key[5:], None)
+        self.widgets = self._live or self._saved
 
 
 def _blob_url(sha: str) -> str:
@@ -196,24 +222,45 @@ class Viewer:
 
     async def _feed(self, room: Any, room_view: RoomView, socket: WebSocket) -> None:
         sent: dict[str, str] = {}
+        sent_widgets: dict[str, str] = {}
         last: dict[str, Any] = {"order": None, "kernel": None}
 
         def message() -> str | None:
             room_view.refresh()
             changed = {cid: text for cid, text in room_view.cells.items() if sent.get(cid) != text}
+            models = room_view.widgets
+            widgets = {mid: text for mid, text in models.items() if sent_widgets.get(mid) != text}
+            widgets.update((mid, "null") for mid in set(sent_widgets) - set(models))
             first = last["order"] is None
-            if not (first or changed or room_view.order != last["order"]
+            if not (first or changed or widgets or room_view.order != last["order"]
                     or room_view.kernel != last["kernel"]):
                 return None
             sent.update(changed)
             for gone in set(sent) - set(room_view.order):
                 del sent[gone]
+            sent_widgets.clear()
+            sent_widgets.update(models)
             last["order"], last["kernel"] = list(room_view.order), room_view.kernel
             return view.page_message("snapshot" if first else "update", room.notebook_id,
                                      str(room.file.path) if room.file else None, room_view.order,
-                                     room_view.kernel, changed)
+                                     room_view.kernel, changed, widgets)
 
-        await push_updates(socket, room_view.changed, message, MIN_INTERVAL)
+        async def received(text: str) -> None:
+            """What the page sends: a moved control's comm message."""
+            try:
+                msg = json.loads(text) if len(text) <= MAX_PAGE_MESSAGE else None
+            except ValueError:
+                msg = None
+            if not isinstance(msg, dict) or msg.get("type") != "comm_msg":
+                log.info("%s: ignored a message from a page that is not a comm message",
+                         room.notebook_id)
+                return
+            try:
+                await room.send_comm(msg.get("comm_id"), msg.get("data"))
+            except RuntimedError as exc:
+                await socket.send(json.dumps({"type": "notice", "message": exc.message}))
+
+        await push_updates(socket, room_view.changed, message, MIN_INTERVAL, received)
 
 
 def _escape(text: str) -> str:

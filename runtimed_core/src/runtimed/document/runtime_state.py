@@ -12,6 +12,12 @@ Only the daemon writes it (:class:`RuntimeStateWriter`); clients read it with
                                      success, error, failure, origin, outputs [output ...]
           saved_outputs/{cell_id}: the outputs a notebook file holds for a cell that has
                                    not run since (a JSON string: a list of nbformat outputs)
+          comms/{comm_id}: opened (JSON text of the comm as the document first held it:
+                           target_name, model_module, model_name, model_module_version (null
+                           for a comm that is not a widget model), seq (the order they
+                           opened in) and state), state/{key: JSON text of what changed
+                           since}, buffers/{JSON text of a path into the state: JSON text of a
+                           blob reference {sha256, size}} (both maps absent until needed)
     (``failure``: why a run did not complete: cancelled, interrupted, kernel_died,
     restarted, shutdown; ``origin``: ``external`` for code another Jupyter client ran in
     the kernel, which has no cell: ``cell_id`` is empty)
@@ -20,6 +26,12 @@ An output is a map: streams are ``output_type``, ``name`` and ``chunks`` (a list
 of strings whose concatenation is the text: appending is one operation per
 chunk, see :class:`runtimed.outputs.StreamChunks`); every other output is
 ``output_type`` and ``json`` (the nbformat output as a JSON string).
+
+A comm is a kernel's open comm channel: a widget model (ipywidgets, anywidget, a
+``tqdm.notebook`` bar) and its current state: ``opened`` in one text (a widget
+opens with dozens of keys, a layout with 40: one operation, not one each), then one
+key per change, so that an update writes only what changed; binary buffers are in
+the blob store.
 
 Automerge keeps every change, and applying a sync message costs time in
 proportion to that history, so the daemon periodically starts the document
@@ -30,7 +42,8 @@ every client the new document whole (the ``state_reset`` broadcast).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtimed.blobs import BLOBS_KEY, shas
@@ -41,6 +54,23 @@ LIFECYCLES = (
     "running", "error", "shutdown",
 )
 EXECUTION_STATUSES = ("queued", "running", "done", "error")
+#: A comm's fields besides its state and buffers.
+COMM_FIELDS = ("target_name", "model_module", "model_name", "model_module_version", "seq")
+
+
+@dataclass
+class CommWrite:
+    """What changed of one comm since the last write (see :meth:`RuntimeStateWriter.write_comms`)."""
+
+    comm_id: str
+    #: When the document does not hold the comm yet: its :data:`COMM_FIELDS` and ``state``,
+    #: as the JSON text of an object.
+    opened: str | None = None
+    #: State keys -> JSON text (None: the key is gone).
+    state: dict[str, str | None] = field(default_factory=dict)
+    #: Buffer paths (JSON text) -> blob reference (JSON text; None: the buffer is gone).
+    buffers: dict[str, str | None] = field(default_factory=dict)
+    closed: bool = False
 
 
 def _put_scalar(tx: Any, obj: bytes, key: str, value: Any) -> None:
@@ -70,7 +100,10 @@ class RuntimeStateWriter:
             self.queue = tx.put_object(ROOT, "queue", List)
             self.executions = tx.put_object(ROOT, "executions", Map)
             self.saved = tx.put_object(ROOT, "saved_outputs", Map)
+            self.comms = tx.put_object(ROOT, "comms", Map)
         self._saved: set[str] = set()
+        #: Comm id -> its object ids: "comm", and "state" and "buffers" once it has them.
+        self._comm_objs: dict[str, dict[str, bytes]] = {}
         #: With ``track_dirty``, the executions (and ``saved:<cell id>``) written since the
         #: last :meth:`take_dirty` (a live page updates only what changed).
         self.track_dirty = False
@@ -99,6 +132,12 @@ class RuntimeStateWriter:
                 new._exec_objs[execution_id] = (copy, outputs)
             for cell_id in self._saved:
                 tx.put(new.saved, cell_id, Str, old.get(self.saved, cell_id) or "[]")
+            for comm_id, objs in self._comm_objs.items():
+                record = old.to_py(objs["comm"])
+                fields, state = _fields_and_state(record)
+                opened = json.dumps({**fields, "state": state}, allow_nan=False, separators=(",", ":"))
+                new._put_comm(tx, comm_id, opened)
+                new._put_changes(tx, comm_id, "buffers", record.get("buffers") or {})
         new._queued = list(self._queued)
         new._saved = set(self._saved)
         new.track_dirty = self.track_dirty
@@ -136,7 +175,7 @@ class RuntimeStateWriter:
             self._saved.difference_update(gone)
 
     def blob_shas(self) -> set[str]:
-        """Every blob the executions' outputs and the saved outputs refer to."""
+        """Every blob the executions' outputs, the saved outputs and the comms refer to."""
         replica, found = self.replica, set()
         for _, outputs in self._exec_objs.values():
             for i in range(replica.length(outputs)):
@@ -147,6 +186,9 @@ class RuntimeStateWriter:
             text = replica.get(self.saved, cell_id)
             if isinstance(text, str) and BLOBS_KEY in text:
                 found |= shas(json.loads(text))
+        for objs in self._comm_objs.values():
+            for key in replica.keys(objs["buffers"]) if "buffers" in objs else ():
+                found.add(json.loads(replica.get(objs["buffers"], key))["sha256"])
         return found
 
     def execution_ids(self) -> list[str]:
@@ -157,6 +199,53 @@ class RuntimeStateWriter:
         with self.replica.change() as tx:
             for key, value in fields.items():
                 _put_scalar(tx, self.kernel, key, value)
+
+    # comms --------------------------------------------------------------------------------------
+    def _put_comm(self, tx: Any, comm_id: str, opened: str) -> None:
+        comm = tx.put_object(self.comms, comm_id, Map)
+        tx.put(comm, "opened", Str, opened)
+        self._comm_objs[comm_id] = {"comm": comm}
+
+    def _put_changes(self, tx: Any, comm_id: str, part: str, changes: dict[str, str | None]
+                     ) -> None:
+        """Keys of a comm's ``state`` or ``buffers`` map (made by the first change: most
+        models never change after they open); None deletes."""
+        objs = self._comm_objs[comm_id]
+        obj = objs.get(part)
+        for key, text in changes.items():
+            if text is not None:
+                if obj is None:
+                    obj = objs[part] = tx.put_object(objs["comm"], part, Map)
+                tx.put(obj, key, Str, text)
+            elif obj is not None and self.replica.get(obj, key) is not None:
+                tx.delete(obj, key)
+
+    def write_comms(self, writes: Iterable[CommWrite]) -> None:
+        """Apply what changed of the comms, in one change."""
+        with self.replica.change() as tx:
+            for write in writes:
+                comm_id = write.comm_id
+                if write.closed:
+                    if self._comm_objs.pop(comm_id, None) is not None:
+                        tx.delete(self.comms, comm_id)
+                        self._touch(f"comm:{comm_id}")
+                    continue
+                if write.opened is not None:
+                    self._put_comm(tx, comm_id, write.opened)
+                if comm_id not in self._comm_objs:
+                    continue
+                self._touch(f"comm:{comm_id}")
+                self._put_changes(tx, comm_id, "state", write.state)
+                self._put_changes(tx, comm_id, "buffers", write.buffers)
+
+    def clear_comms(self) -> None:
+        """Forget every comm (the kernel that held them is gone)."""
+        if self._comm_objs:
+            with self.replica.change() as tx:
+                for comm_id in self._comm_objs:
+                    tx.delete(self.comms, comm_id)
+                    self._touch(f"comm:{comm_id}")
+            self._comm_objs.clear()
 
     # executions -------------------------------------------------------------------------------
     def add_execution(self, execution_id: str, cell_id: str, source: str, *, running: bool = False
@@ -291,6 +380,62 @@ def read_saved_outputs(replica: Replica, cell_id: str) -> list[dict[str, Any]] |
     saved = replica.get_obj(ROOT, "saved_outputs")
     text = replica.get(saved, cell_id) if saved is not None else None
     return json.loads(text) if isinstance(text, str) else None
+
+
+def read_comms(replica: Replica) -> dict[str, dict[str, Any]]:
+    """The comms the kernel holds, in the order they opened: comm id -> its fields,
+    ``state`` (key -> value) and ``buffers`` (path tuple -> blob reference)."""
+    comms = replica.get_obj(ROOT, "comms")
+    if comms is None:
+        return {}
+    found = {}
+    for comm_id in replica.keys(comms):
+        record = read_comm(replica, comm_id, comms)
+        if record is not None:
+            found[comm_id] = record
+    return dict(sorted(found.items(), key=lambda item: item[1].get("seq") or 0))
+
+
+def read_comm(replica: Replica, comm_id: str, comms: bytes | None = None) -> dict[str, Any] | None:
+    """One comm (see :func:`read_comms`), or None if the kernel does not hold it."""
+    comms = comms if comms is not None else replica.get_obj(ROOT, "comms")
+    comm = replica.get_obj(comms, comm_id) if comms is not None else None
+    if comm is None:
+        return None
+    record = replica.to_py(comm)
+    fields, state = _fields_and_state(record)
+    return {**fields, "state": state, "buffers": {
+        tuple(json.loads(k)): json.loads(v) for k, v in (record.get("buffers") or {}).items()}}
+
+
+def _fields_and_state(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A comm's :data:`COMM_FIELDS` and state from its document record (``to_py``): as it
+    opened, and what changed since."""
+    opened = json.loads(record.get("opened") or "{}")
+    state = opened.get("state") or {}
+    state.update((k, json.loads(v)) for k, v in (record.get("state") or {}).items())
+    return {key: opened.get(key) for key in COMM_FIELDS}, state
+
+
+def model_state(comm: dict[str, Any], read_blob: Callable[[str], Any]) -> dict[str, Any]:
+    """A comm's state (a :func:`read_comm` record's) with its buffers in place, each what
+    ``read_blob(sha256)`` gives (its bytes: the state the kernel's side holds)."""
+    state = comm["state"]
+    for path, ref in comm["buffers"].items():
+        put_at(state, path, read_blob(ref["sha256"]))
+    return state
+
+
+def put_at(state: Any, path: Iterable[Any], value: Any) -> None:
+    """Put ``value`` at ``path`` (keys and indexes) in a widget state; nothing if the path is
+    not in it (the kernel changed the state since)."""
+    *parents, last = path
+    try:
+        for part in parents:
+            state = state[part]
+        state[last] = value
+    except (KeyError, IndexError, TypeError):
+        pass
 
 
 def queued_ids(replica: Replica) -> list[str]:

@@ -11,10 +11,17 @@ produced included.
 Outputs read from a file live in the runtime-state document as the cell's
 *saved outputs* (one JSON string per cell); a cell's own execution, once it
 runs, takes their place.
+
+Widgets: while the kernel holds widget models, a saved notebook's
+``metadata.widgets`` holds their state in the
+``application/vnd.jupyter.widget-state+json`` form nbclient writes (so
+JupyterLab shows the widgets of a saved notebook); without live models, the
+notebook's own ``metadata.widgets`` (the file's, when it was opened) is kept.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import difflib
 import json
@@ -27,10 +34,13 @@ from fractional_indexing import generate_n_keys_between
 from runtimed.blobs import inline_output
 from runtimed.document import notebook
 from runtimed.document.replica import ROOT, Int, Map, Replica, Str, Text, put_json, splice_to
-from runtimed.document.runtime_state import RuntimeStateWriter, read_execution, read_saved_outputs
+from runtimed.document.runtime_state import (
+    RuntimeStateWriter, read_comms, read_execution, read_saved_outputs,
+)
 
 NBFORMAT = 4
 NBFORMAT_MINOR = 5
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 #: Output fields nbformat's schema does not allow in a file (the daemon keeps them for updates).
 _TRANSIENT = ("transient",)
 
@@ -78,8 +88,36 @@ def to_notebook(doc: Replica, state: Replica,
         elif cell.attachments is not None:
             out["attachments"] = cell.attachments
         cells.append(out)
-    return {"nbformat": NBFORMAT, "nbformat_minor": NBFORMAT_MINOR,
-            "metadata": notebook.get_metadata(doc), "cells": cells}
+    metadata = notebook.get_metadata(doc)
+    widgets = widgets_metadata(state, read_blob)
+    if widgets is not None:
+        metadata["widgets"] = widgets
+    return {"nbformat": NBFORMAT, "nbformat_minor": NBFORMAT_MINOR, "metadata": metadata,
+            "cells": cells}
+
+
+def widgets_metadata(state: Replica, read_blob: Callable[[str], bytes | None]
+                     ) -> dict[str, Any] | None:
+    """``metadata.widgets`` for the widget models the kernel holds (None if it holds none),
+    as nbclient writes it: model id -> model name, module and version, the state, and the
+    binary buffers base64-encoded beside it."""
+    models = {}
+    for comm_id, comm in read_comms(state).items():
+        if not comm["model_name"]:
+            continue
+        model: dict[str, Any] = {"model_name": comm["model_name"],
+                                 "model_module": comm["model_module"],
+                                 "model_module_version": comm["model_module_version"],
+                                 "state": comm["state"]}
+        buffers = [{"data": base64.b64encode(raw).decode(), "encoding": "base64", "path": list(path)}
+                   for path, ref in comm["buffers"].items()
+                   if (raw := read_blob(ref["sha256"])) is not None]
+        if buffers:
+            model["buffers"] = buffers
+        models[comm_id] = model
+    if not models:
+        return None
+    return {WIDGET_STATE_MIME: {"state": models, "version_major": 2, "version_minor": 0}}
 
 
 # notebook -> documents ------------------------------------------------------------------------

@@ -301,10 +301,12 @@ class WebServer:
 
 
 async def push_updates(socket: WebSocket, changed: asyncio.Event, message: Callable[[], str | None],
-                       min_interval: float) -> None:
+                       min_interval: float,
+                       received: Callable[[str], Awaitable[None]] | None = None) -> None:
     """Send ``message()`` (when it is not None) now and each time ``changed`` is set, at most
-    every ``min_interval`` seconds, until the page goes away; what the page sends is ignored."""
-    closed = asyncio.ensure_future(_until_closed(socket))
+    every ``min_interval`` seconds, until the page goes away; what the page sends goes to
+    ``received`` (one at a time, in order; without it, it is ignored)."""
+    closed = asyncio.ensure_future(_until_closed(socket, received))
     loop = asyncio.get_running_loop()
     try:
         while not closed.done():
@@ -325,6 +327,8 @@ async def push_updates(socket: WebSocket, changed: asyncio.Event, message: Calla
         closed.cancel()
 
 
-async def _until_closed(socket: WebSocket) -> None:
-    while await socket.receive() is not None:
-        pass
+async def _until_closed(socket: WebSocket, received: Callable[[str], Awaitable[None]] | None
+                        ) -> None:
+    while (text := await socket.receive()) is not None:
+        if received is not None:
+            await received(text)

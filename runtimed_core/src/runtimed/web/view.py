@@ -5,6 +5,8 @@ already turned into HTML (markdown-it, CommonMark plus tables and ``$...$``
 maths that the page typesets with KaTeX; raw HTML in markdown is shown as text,
 never run), and its outputs as nbformat has them, except that parts kept in
 the blob store are URLs (``{"$blob": url}``) the page loads from the daemon.
+Widget models are sent beside the cells (:func:`widget_view`): the kernel's, or,
+with none, those a notebook file saved in ``metadata.widgets``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 from runtimed.blobs import BLOBS_KEY, blob_refs
 from runtimed.document import notebook
 from runtimed.document.replica import Replica
-from runtimed.document.runtime_state import read_kernel
-from runtimed.formats.ipynb import cell_outputs
+from runtimed.document.runtime_state import model_state, put_at, read_kernel
+from runtimed.formats.ipynb import WIDGET_STATE_MIME, cell_outputs
 
 BlobUrl = Callable[[str], str]
 
@@ -66,6 +68,31 @@ def cell_view(cell: notebook.CellData, outputs: list[dict[str, Any]], blob_url: 
     return view
 
 
+def widget_view(comm: dict[str, Any], blob_url: BlobUrl) -> dict[str, Any]:
+    """A widget model the kernel holds (a :func:`~runtimed.document.runtime_state.read_comm`
+    record), for the page: name, module, state, its buffers as ``{"$blob": url}``."""
+    return {"model_name": comm["model_name"], "model_module": comm["model_module"],
+            "state": model_state(comm, lambda sha: {"$blob": blob_url(sha)})}
+
+
+def saved_widget_views(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The widget models a notebook's ``metadata.widgets`` holds (what its file shows with no
+    kernel), as :func:`widget_view` gives them; buffers as ``{"$base64": data}``."""
+    saved = (metadata.get("widgets") or {}).get(WIDGET_STATE_MIME) or {}
+    models = saved.get("state") if isinstance(saved, dict) else None
+    views = {}
+    for model_id, model in (models if isinstance(models, dict) else {}).items():
+        if not isinstance(model, dict) or not isinstance(model.get("state"), dict):
+            continue
+        state = dict(model["state"])
+        for buffer in model.get("buffers") or []:
+            if isinstance(buffer, dict) and isinstance(buffer.get("path"), list) and buffer["path"]:
+                put_at(state, buffer["path"], {"$base64": buffer.get("data", "")})
+        views[model_id] = {"model_name": model.get("model_name"),
+                           "model_module": model.get("model_module"), "state": state}
+    return views
+
+
 def notebook_view(doc: Replica, state: Replica, blob_url: BlobUrl) -> dict[str, Any]:
     """The whole notebook: ``{"cells": [...], "kernel": {...}}``."""
     cells = [cell_view(c, cell_outputs(state, c) if c.cell_type == "code" else [], blob_url)
@@ -76,9 +103,12 @@ def notebook_view(doc: Replica, state: Replica, blob_url: BlobUrl) -> dict[str, 
 
 
 def page_message(kind: str, title: str, path: str | None, order: list[str], kernel: str,
-                 cells: dict[str, str]) -> str:
+                 cells: dict[str, str], widgets: dict[str, str] | None = None) -> str:
     """What the page receives: ``kind`` "snapshot" (everything) or "update" (what changed);
-    ``order`` the cell ids, ``kernel`` and each of ``cells`` already JSON."""
-    return '{"type":"%s","notebook_id":%s,"path":%s,"order":%s,"kernel":%s,"cells":{%s}}' % (
+    ``order`` the cell ids, ``kernel`` and each of ``cells`` and ``widgets`` (model id ->
+    :func:`widget_view`; ``null``: gone) already JSON."""
+    return ('{"type":"%s","notebook_id":%s,"path":%s,"order":%s,"kernel":%s,"cells":{%s},'
+            '"widgets":{%s}}') % (
         kind, json.dumps(title), json.dumps(path), json.dumps(order), kernel,
-        ",".join(f"{json.dumps(cid)}:{text}" for cid, text in cells.items()))
+        ",".join(f"{json.dumps(cid)}:{text}" for cid, text in cells.items()),
+        ",".join(f"{json.dumps(mid)}:{text}" for mid, text in (widgets or {}).items()))

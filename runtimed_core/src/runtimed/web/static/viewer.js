@@ -172,8 +172,7 @@ function renderData(output) {
   } else if (mime === "text/plain") {
     textOf(value).then((text) => box.append(el("pre", {}, ansi(text))));
   } else if (mime === "application/vnd.jupyter.widget-view+json") {
-    box.append(el("div", { class: "fallback", text: `widget ${value.model_id || ""} ` +
-      "(shown in the notebook's widget view)" }));
+    box.append(Widgets.mount(value.model_id));
   } else {
     box.append(el("div", { class: "fallback", text: `output of type ${mime}` }));
   }
@@ -218,6 +217,7 @@ function renderCell(cell) {
 
 function apply(message) {
   const main = document.getElementById("cells");
+  Widgets.update(message.widgets, message.type === "snapshot"); // before the cells that show them
   if (message.type === "snapshot") main.replaceChildren();
   for (const [id, cell] of Object.entries(message.cells)) {
     const fresh = renderCell(cell);
@@ -252,8 +252,19 @@ function connect(delay = 250) {
   socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
     if (message.type === "error") { status.textContent = message.message; return; }
+    if (message.type === "notice") { // the daemon refused what a control sent
+      status.textContent = message.message;
+      document.body.dataset.notice = message.message;
+      return;
+    }
     apply(message);
   };
+  // a control moved on the page: a comm message to the kernel
+  Widgets.setSender((comm_id, data) => {
+    if (socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify({ type: "comm_msg", comm_id, data }));
+    return true;
+  });
   socket.onclose = () => {
     status.textContent = "reconnecting";
     document.body.dataset.state = "reconnecting";
