@@ -621,15 +621,21 @@ def scenario_start(b: Bench) -> dict[str, Any]:
     return res
 
 
-def _roundtrip_series(fn: Callable[[], None], n: int, budget: float) -> tuple[list[float], bool]:
+def _roundtrip_series(fn: Callable[[], None], n: int, budget: float, *, warm: int,
+                      what: str) -> tuple[list[float], bool]:
+    """``warm`` discarded calls of ``fn``, then ``n`` timed ones (fewer, and truncated True, once
+    ``budget`` seconds are spent), under a watchdog naming ``what``."""
     times: list[float] = []
-    deadline = time.monotonic() + budget
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if time.monotonic() > deadline:
-            return times, True
+    with watchdog(budget + 60, what):
+        for _ in range(warm):
+            fn()
+        deadline = time.monotonic() + budget
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            if time.monotonic() > deadline:
+                return times, True
     return times, False
 
 
@@ -647,10 +653,7 @@ def scenario_roundtrip(b: Bench) -> dict[str, Any]:
             reply, _ = jc_execute(kc, "x=1")
             if reply["status"] != "ok":
                 raise RuntimeError(f"x=1 failed: {reply}")
-        with watchdog(budget + 60, "jupyter_client round trips"):
-            for _ in range(warm):
-                once()
-            times, truncated = _roundtrip_series(once, n, budget)
+        times, truncated = _roundtrip_series(once, n, budget, warm=warm, what="jupyter_client round trips")
         out["run"] = {**summary(times), "blocks_of_25": blocks(times), "truncated": truncated}
 
     side = Side(res, "runtimed", b)
@@ -663,10 +666,8 @@ def scenario_roundtrip(b: Bench) -> dict[str, Any]:
 
             def once() -> None:
                 rt_check(session.run("x=1"), "x=1")
-            with watchdog(budget + 60, "runtimed session.run round trips"):
-                for _ in range(warm):
-                    once()
-                times, truncated = _roundtrip_series(once, n, budget)
+            times, truncated = _roundtrip_series(once, n, budget, warm=warm,
+                                                 what="runtimed session.run round trips")
             out["run"] = {**summary(times), "blocks_of_25": blocks(times), "truncated": truncated,
                           "what": "session.run('x=1'): create_cell + execute_cell, a new cell each time"}
         finally:
@@ -683,10 +684,8 @@ def scenario_roundtrip(b: Bench) -> dict[str, Any]:
 
             def once_exec() -> None:
                 rt_check(session.execute_cell(cell), "x=1")
-            with watchdog(budget + 60, "runtimed execute_cell round trips"):
-                for _ in range(warm):
-                    once_exec()
-                times, truncated = _roundtrip_series(once_exec, n_exec, budget)
+            times, truncated = _roundtrip_series(once_exec, n_exec, budget, warm=warm,
+                                                 what="runtimed execute_cell round trips")
             # p50/p95 over the first 300 (comparable with session.run), blocks over all of them
             out["execute_cell"] = {**summary(times[:n]), "blocks_of_25": blocks(times),
                                    "blocks_of_250": blocks(times, 250), "truncated": truncated,
@@ -1088,10 +1087,7 @@ def scenario_agents(b: Bench) -> dict[str, Any]:
 
             def once() -> None:
                 rt_check(session.run("x=1"), "x=1")
-            with watchdog(budget + 60, "runtimed session.run round trips"):
-                for _ in range(warm):
-                    once()
-                times, _ = _roundtrip_series(once, n, budget)
+            times, _ = _roundtrip_series(once, n, budget, warm=warm, what="runtimed session.run round trips")
             out["run"] = {**summary(times), "what": "session.run('x=1')"}
             delays = []
             with watchdog(120, "runtimed stream"):
@@ -1730,19 +1726,13 @@ def scenario_gateway(b: Bench) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 s.start_kernel(kernel_type="gateway:python3")
                 out["start_kernel"] = time.perf_counter() - t0
-                runs = []
-                for _ in range(5 + n):
-                    t0 = time.perf_counter()
-                    rt_check(s.run("x=1"), "x=1")
-                    runs.append(time.perf_counter() - t0)
-                out["run"] = summary(runs[5:])
+                runs, _ = _roundtrip_series(lambda: rt_check(s.run("x=1"), "x=1"), n, 120.0,
+                                            warm=5, what="gateway session.run round trips")
+                out["run"] = summary(runs)
                 cell = s.create_cell("x=1")
-                runs = []
-                for _ in range(5 + n):
-                    t0 = time.perf_counter()
-                    rt_check(s.execute_cell(cell), "x=1")
-                    runs.append(time.perf_counter() - t0)
-                out["execute_cell"] = summary(runs[5:])
+                runs, _ = _roundtrip_series(lambda: rt_check(s.execute_cell(cell), "x=1"), n, 120.0,
+                                            warm=5, what="gateway execute_cell round trips")
+                out["execute_cell"] = summary(runs)
             finally:
                 close_session(s)
     finally:

@@ -34,6 +34,14 @@ def any_gateway_daemon(runtimed_daemon_factory, any_gateway):
     return runtimed_daemon_factory(pool_sizes={"uv": 0}, hot_kernels=0, env=env)
 
 
+def start_sleeping(s) -> Background:
+    """A cell sleeping for 60 s, run in the background; returns once it has started."""
+    sleeping = s.create_cell("import time; print('started', flush=True); time.sleep(60)")
+    running = Background(s, sleeping, timeout_secs=90)
+    wait_until(lambda: s.get_cell(sleeping).outputs != [], what="the sleep to start")
+    return running
+
+
 def test_cells_run_on_the_gateway(any_gateway_daemon, any_gateway):
     with any_gateway_daemon.session() as s:
         s.start_kernel(kernel_type="gateway:python3")
@@ -70,9 +78,7 @@ def test_interrupt_ends_a_sleep_within_2_s(any_gateway_daemon):
     with any_gateway_daemon.session() as s:
         s.start_kernel(kernel_type="gateway:python3")
         s.run("kept = 1")
-        sleeping = s.create_cell("import time; print('started', flush=True); time.sleep(60)")
-        running = Background(s, sleeping, timeout_secs=90)
-        wait_until(lambda: s.get_cell(sleeping).outputs != [], what="the sleep to start")
+        running = start_sleeping(s)
         started = time.monotonic()
         s.interrupt()
         result = running.join(timeout=15)
@@ -185,9 +191,7 @@ def test_killing_the_gateway_mid_cell_fails_it_then_a_new_kernel_works(
     daemon = runtimed_daemon_factory(pool_sizes={"uv": 0}, hot_kernels=0, env=gateway_env(gateway))
     with daemon.session() as s:
         s.start_kernel(kernel_type="gateway:python3")
-        sleeping = s.create_cell("import time; print('started', flush=True); time.sleep(60)")
-        running = Background(s, sleeping, timeout_secs=90)
-        wait_until(lambda: s.get_cell(sleeping).outputs != [], what="the sleep to start")
+        running = start_sleeping(s)
         gateway.kill()
         gateway.start()  # back on the same port: it no longer knows the kernel
         started = time.monotonic()
@@ -210,9 +214,7 @@ def test_a_gateway_that_stays_down_fails_the_cell_after_the_reconnect_window(
                                      env=gateway_env(gateway, reconnect_secs="2"))
     with daemon.session() as s:
         s.start_kernel(kernel_type="gateway:python3")
-        sleeping = s.create_cell("import time; print('started', flush=True); time.sleep(60)")
-        running = Background(s, sleeping, timeout_secs=90)
-        wait_until(lambda: s.get_cell(sleeping).outputs != [], what="the sleep to start")
+        running = start_sleeping(s)
         gateway.kill()
         started = time.monotonic()
         with pytest.raises(KernelDied) as info:
