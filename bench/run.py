@@ -44,7 +44,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SCENARIOS = ("start", "roundtrip", "output", "multiclient", "bigdoc", "files", "viewer", "agents",
-             "widgets", "memory", "conda_memory", "pool", "restart", "jupyter", "gateway", "scale")
+             "widgets", "memory", "conda_memory", "pool", "restart", "jupyter", "gateway", "scale",
+             "convergence")
 KERNEL_NAME = "bench-python"
 #: What the uv pool installs into every env (runtimed_uv_pool.pool.BASE_PACKAGES).
 POOL_PACKAGES = ("ipykernel", "ipywidgets")
@@ -73,6 +74,7 @@ TARGETS = {
     "tqdm": "<= 1.5x jc",
     "widget_doc": "not one entry per update: < 1 B per extra update",
     "scale": ">= 0.8x jc executions/s; daemon CPU per execution <= 1.2x from 1 to 16",
+    "convergence": "nothing lost; <= 1.2x the floor",
 }
 
 
@@ -1875,6 +1877,174 @@ def scenario_scale(b: Bench) -> dict[str, Any]:
     return res
 
 
+CONVERGE_CHILD = r"""
+import asyncio, json, sys, time
+import runtimed
+from runtimed.document import notebook
+from runtimed.document.replica import ROOT
+socket_path, notebook_id, proc, sessions, cells, total, out, mode = sys.argv[1:9]
+proc, sessions, cells, total = int(proc), int(sessions), int(cells), int(total)
+
+def count(s):  # cells a session's replica holds (the cells map's length: no read of them)
+    return s.doc.length(s.doc.get_obj(ROOT, "cells"))
+
+async def main():
+    group = [runtimed.AsyncSession(notebook_id, socket_path=socket_path) for _ in range(sessions)]
+    for s in group:
+        await s.connect()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    t0 = time.monotonic()
+    async def edit(j, s):
+        for i in range(cells):
+            await s.create_cell(f"# cell {proc}-{j}-{i}")
+            if mode == "interleaved":  # as a Session's calls do: the sync replies come in between
+                await asyncio.sleep(0)
+    await asyncio.gather(*(edit(j, s) for j, s in enumerate(group)))
+    local = time.monotonic() - t0
+    seen, last, progress = {}, None, time.monotonic()
+    while len(seen) < sessions:  # when each session first holds every cell (checked each 10 ms)
+        for j, s in enumerate(group):
+            if j not in seen and count(s) >= total:
+                seen[j] = time.monotonic() - t0
+        counts = [count(s) for s in group]
+        if counts != last:
+            last, progress = counts, time.monotonic()
+        elif time.monotonic() - progress > 30:
+            raise SystemExit(f"no progress for 30 s: {counts} of {total}")
+        await asyncio.sleep(0.01)
+    ids = [notebook.cell_ids(s.doc) for s in group]
+    sources = sorted(c.source for c in await group[0].get_cells())
+    with open(out, "w") as f:
+        json.dump({"local": local, "seen": sorted(seen.values()), "same_order": all(i == ids[0] for i in ids),
+                   "sources": sources if proc == 0 else len(sources)}, f)
+    if proc == 0:
+        with open(out + ".doc", "wb") as f:
+            f.write(group[0].doc.save())
+    print("done", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for s in group:
+        await s.close()
+
+asyncio.run(main())
+"""
+
+
+def _apply_floor(saved: bytes, batch: int) -> float:
+    """The time one replica takes to apply every change of ``saved`` (a notebook), received
+    by sync from a peer in batches of ``batch`` changes in causal order (as a session gets
+    them: every writer's next cell at once)."""
+    from automerge import core as am
+
+    changes = am.Document.load(saved).get_changes([])
+    first = am.Document.load(b"".join(c.bytes for c in changes[:1]))
+    src, dst = am.Document.load(first.save()), am.Document.load(first.save())
+    src_sync, dst_sync = am.SyncState(), am.SyncState()
+    spent = 0.0
+    for start in range(1, len(changes), batch):
+        part = am.Document.load(b"".join(c.bytes for c in changes[:start + batch]))
+        src.merge(part)
+        while True:
+            msg = src.generate_sync_message(src_sync)
+            if msg is not None:
+                t0 = time.perf_counter()
+                dst.receive_sync_message(dst_sync, am.Message.decode(msg.encode()))
+                spent += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            reply = dst.generate_sync_message(dst_sync)
+            spent += time.perf_counter() - t0
+            if reply is not None:
+                src.receive_sync_message(src_sync, am.Message.decode(reply.encode()))
+            if msg is None and reply is None:
+                break
+    if dst.get_heads() != src.get_heads():
+        raise RuntimeError("the floor's replica did not converge")
+    return spent
+
+
+#: Client processes, sessions in each, cells each session adds.
+CONVERGENCE_SIZES = {"quick": (5, 4, 25), "full": (5, 10, 100)}
+
+
+def scenario_convergence(b: Bench) -> dict[str, Any]:
+    """50 sessions (10 in each of 5 client processes) add 100 cells each to one notebook at
+    the same time: how long the local edits take, and until every session holds all 5,000
+    cells (nothing lost, one order), next to the floor: every replica applies every change,
+    so sessions x one replica's apply time / cores. Twice: each session adds its cells at
+    once (a script's loop of AsyncSession.create_cell never waits), and interleaved with the
+    sync traffic (as a Session's calls are, each a round trip to its loop thread)."""
+    procs, per_proc, cells = CONVERGENCE_SIZES["quick" if b.quick else "full"]
+    sessions = procs * per_proc
+    res: dict[str, Any] = {"processes": procs, "sessions": sessions, "cells_each": cells,
+                           "cells": sessions * cells, "cores": os.cpu_count(),
+                           "modes": list(CONVERGENCE_MODES)}
+    res["jupyter_client"] = {"note": "n/a: jupyter_client has no shared notebook document"}
+    child = b.root / "converge.py"
+    child.write_text(CONVERGE_CHILD)
+    with Side(res, "runtimed", b) as out:
+        for mode in CONVERGENCE_MODES:
+            with b.daemon(f"converge-{mode}", uv_pool_size=0) as daemon:
+                out[mode] = _converge(b, daemon, child, mode, procs, per_proc, cells)
+    return res
+
+
+#: How the sessions add their cells (see :func:`scenario_convergence`).
+CONVERGENCE_MODES = ("burst", "interleaved")
+
+
+def _converge(b: Bench, daemon: Any, child: Path, mode: str, procs: int, per_proc: int,
+              cells: int) -> dict[str, Any]:
+    sessions = procs * per_proc
+    total = sessions * cells
+    notebook_id = f"bench-converge-{uuid.uuid4().hex[:8]}"
+    files = [b.root / f"converge-{mode}-{i}.json" for i in range(procs)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    children = [subprocess.Popen(
+        [sys.executable, str(child), str(daemon.socket_path), notebook_id, str(i),
+         str(per_proc), str(cells), str(total), str(files[i]), mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for i in range(procs)]
+    out: dict[str, Any] = {}
+    try:
+        with watchdog(120, "convergence sessions connect"):
+            for c in children:
+                if c.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"a client process did not connect (exit {c.poll()})")
+        cpu0 = cpu_seconds(daemon.process.pid)
+        for c in children:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        with watchdog(600, f"convergence ({mode})"):
+            for c in children:
+                if c.stdout.readline().strip() != "done":
+                    raise RuntimeError(f"a client process failed (exit {c.poll()})")
+        out["daemon_cpu_secs"] = cpu_seconds(daemon.process.pid) - cpu0
+    finally:
+        for c in children:
+            with contextlib.suppress(Exception):
+                c.stdin.write("bye\n")
+                c.stdin.close()
+        for c in children:
+            try:
+                c.wait(60)
+            except subprocess.TimeoutExpired:
+                c.kill()
+    reports = [json.loads(f.read_text()) for f in files]
+    expected = sorted(f"# cell {p}-{j}-{i}" for p in range(procs) for j in range(per_proc)
+                      for i in range(cells))
+    out["nothing_lost"] = reports[0]["sources"] == expected and all(
+        r["sources"] == total for r in reports[1:])
+    out["same_order"] = all(r["same_order"] for r in reports)
+    out["local_edits_secs"] = max(r["local"] for r in reports)
+    seen = sorted(t for r in reports for t in r["seen"])
+    out["all_converged_secs"] = seen[-1]
+    out["first_converged_secs"] = seen[0]
+    one = _apply_floor(Path(str(files[0]) + ".doc").read_bytes(), sessions)
+    out["one_replica_apply_secs"] = one
+    out["floor_secs"] = sessions * one / (os.cpu_count() or 1)
+    out["vs_floor"] = out["all_converged_secs"] / out["floor_secs"]
+    return out
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "start": scenario_start,
     "roundtrip": scenario_roundtrip,
@@ -1892,6 +2062,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "jupyter": scenario_jupyter,
     "gateway": scenario_gateway,
     "scale": scenario_scale,
+    "convergence": scenario_convergence,
 }
 
 
@@ -2126,6 +2297,21 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 ok = rv >= 0.8 * jv and (not cpu or not first_cpu or cpu <= 1.2 * first_cpu)
             add(f"{n} notebook(s) running x=1 at once, executions per second (total)", rt_s, jc_s,
                 _ratio(rv, jv), TARGETS["scale"] if n == r["sizes"][-1] else "", ok)
+    if "convergence" in scen:
+        r = scen["convergence"]
+        for mode in r.get("modes", ()):
+            rt = _get(r, "runtimed", mode) or {}
+            conv, floor = rt.get("all_converged_secs"), rt.get("floor_secs")
+            rt_s = _err(r.get("runtimed")) or (
+                f"{conv:.1f} s (local edits {rt['local_edits_secs']:.1f} s; "
+                f"{'nothing lost' if rt['nothing_lost'] and rt['same_order'] else 'CELLS LOST'}); "
+                f"floor {floor:.1f} s = {r['sessions']} x {rt['one_replica_apply_secs']:.2f} s / "
+                f"{r['cores']} cores" if conv and floor else "-")
+            add(f"{r['sessions']} sessions x {r['cells_each']} new cells ({mode}) on one notebook, "
+                "until every session holds all", rt_s, "-",
+                f"{conv / floor:.2f}x floor" if conv and floor else "-", TARGETS["convergence"],
+                None if not (conv and floor) else (rt["nothing_lost"] and rt["same_order"]
+                                                   and conv <= 1.2 * floor))
     return rows
 
 

@@ -35,6 +35,8 @@ class Replica:
     def __init__(self, doc: am.Document | None = None, *, actor: bytes | None = None) -> None:
         self.doc = doc if doc is not None else am.Document(actor_id=actor)
         self.version = 0
+        #: Sync messages received (each may change what the next one generated says).
+        self.received = 0
         self._heads: list[bytes] = self.doc.get_heads()
         self._known: set[bytes] | None = None  # built on the first has_heads() that needs it
         #: Derived data (e.g. cell order) that schema modules cache against :attr:`version`.
@@ -69,6 +71,7 @@ class Replica:
 
     def receive(self, state: am.SyncState, message: bytes) -> bool:
         """Apply a peer's sync message; return True if the document changed."""
+        self.received += 1
         self.doc.receive_sync_message(state, am.Message.decode(bytes(message)))
         return self._moved()
 
