@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,7 @@ from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.document import notebook
 from runtimed.document.replica import Replica, SyncState
 from runtimed.document.runtime_state import (
-    model_state, read_comms, read_execution, read_kernel, read_saved_outputs,
+    model_state, read_comms, read_execution, read_kernel, read_saved_outputs, saved_outputs_obj,
 )
 from runtimed.errors import (
     DaemonUnavailable,
@@ -37,6 +38,9 @@ from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, loads, t
 from runtimed.web import open_in_browser
 
 CONNECT_TIMEOUT = 10.0
+#: Edits made right after others wait for those to be answered, at most this many times as
+#: long as sending those took: syncing edits takes at most a fifth of the session's loop.
+EDIT_PACE = 4
 
 
 log = logging.getLogger("runtimed.client")
@@ -89,6 +93,14 @@ class AsyncSession:
         self._moved: asyncio.Future[None] | None = None
         self._ever_connected = False
         self._reply_scheduled = False
+        #: Edits sent (loop time) and not yet answered by the daemon, and what sending them
+        #: took: the next ones wait (see EDIT_PACE) to go together, as each message costs both
+        #: ends time in proportion to the document's history; a request or the daemon's
+        #: answer sends them at once.
+        self._edits_sent_at: float | None = None
+        self._edits_cost = 0.0
+        self._edits_pending = False
+        self._paced: asyncio.TimerHandle | None = None
         self._progress_listener: Callable[[dict[str, Any]], None] | None = None
         self._progress_seen: tuple[Any, Any] = (None, None)
         self._closed = False
@@ -173,6 +185,7 @@ class AsyncSession:
 
     async def _open(self) -> None:
         self._doc_sync = SyncState()
+        self._edits_sent_at = None
         self._state_sync = SyncState()
         self.state = Replica()  # the daemon's runtime state is authoritative; start clean
         self._retired_states.clear()
@@ -216,6 +229,10 @@ class AsyncSession:
     def _on_frame(self, kind: int, body: memoryview) -> None:
         if kind == DOC_SYNC:
             moved = self.doc.receive(self._doc_sync, body)
+            self._edits_sent_at = None
+            if self._paced is not None:  # the daemon answered: what waited goes now
+                self._paced.cancel()
+                self._paced, self._reply_scheduled = None, False
         elif kind == STATE_SYNC:
             moved = self.state.receive(self._state_sync, body)
         elif kind == BROADCAST:
@@ -290,9 +307,17 @@ class AsyncSession:
 
     def _sync_frames(self) -> list[bytes]:
         frames = []
+        started = time.perf_counter()
         msg = self.doc.generate(self._doc_sync)
         if msg is not None:
             frames.append(typed(DOC_SYNC, msg))
+            if self._edits_pending:
+                self._edits_sent_at = asyncio.get_running_loop().time()
+                self._edits_cost = time.perf_counter() - started
+        self._edits_pending = False
+        if self._paced is not None:
+            self._paced.cancel()
+            self._paced = None
         msg = self.state.generate(self._state_sync)
         if msg is not None:
             frames.append(typed(STATE_SYNC, msg))
@@ -341,9 +366,16 @@ class AsyncSession:
     def _edited(self) -> None:
         """A local edit: sent at the end of this loop iteration (with a request, if one follows;
         edits made while disconnected reach the daemon on reconnect)."""
+        self._edits_pending = True
         if not self._reply_scheduled:
             self._reply_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_sync)
+            loop = asyncio.get_running_loop()
+            wait = (self._edits_sent_at + EDIT_PACE * self._edits_cost - loop.time()
+                    if self._edits_sent_at is not None else 0)
+            if wait > 0:
+                self._paced = loop.call_later(wait, self._send_sync)
+            else:
+                loop.call_soon(self._send_sync)
 
     # kernel ------------------------------------------------------------------------------------------
     async def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",
@@ -457,11 +489,12 @@ class AsyncSession:
 
     async def get_cell(self, cell_id: str) -> Cell:
         self._require_replica()
-        return self._cell(notebook.read_cell(self.doc, cell_id))
+        return self._cell(notebook.read_cell(self.doc, cell_id), saved_outputs_obj(self.state))
 
     async def get_cells(self) -> list[Cell]:
         self._require_replica()
-        return [self._cell(c) for c in notebook.read_cells(self.doc)]
+        saved = saved_outputs_obj(self.state)
+        return [self._cell(c, saved) for c in notebook.read_cells(self.doc)]
 
     def _result(self, record: dict[str, Any]) -> ExecutionResult:
         return ExecutionResult.from_record(record, **self._blob_access())
@@ -470,14 +503,17 @@ class AsyncSession:
         """How outputs read from the documents get their blob parts and URLs."""
         return blob_access(self._blobs, self._http)
 
-    def _cell(self, data: notebook.CellData) -> Cell:
+    def _cell(self, data: notebook.CellData, saved: bytes | None) -> Cell:
+        """A :class:`Cell` with its outputs (``saved``: what :func:`saved_outputs_obj` gives)."""
         record = read_execution(self.state, data.execution_id) if data.execution_id else None
         if record is not None:
             outputs = self._result(record).outputs
+        elif saved is None:
+            outputs = []
         else:  # not run since its file was read: the file's outputs
             access = self._blob_access()
-            outputs = [Output.from_nbformat(o, **access)
-                       for o in read_saved_outputs(self.state, data.id) or []]
+            found = read_saved_outputs(self.state, data.id, saved)
+            outputs = [Output.from_nbformat(o, **access) for o in found or []]
         return Cell(id=data.id, cell_type=data.cell_type, source=data.source,
                     execution_count=data.execution_count, metadata=data.metadata,
                     outputs=outputs, execution_id=data.execution_id)

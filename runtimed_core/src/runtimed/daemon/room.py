@@ -187,11 +187,20 @@ class Room:
             "state_heads": [h.hex() for h in self.state.heads],
         }
         if snapshot:
-            welcome["doc"] = base64.b64encode(self.doc.save()).decode()
-            welcome["state"] = base64.b64encode(self.state.save()).decode()
+            welcome["doc"], welcome["state"] = self._snapshot(self.doc), self._snapshot(self.state)
         peer.send(BROADCAST, dumps(welcome))
         self._sync_soon()
         return peer
+
+    @staticmethod
+    def _snapshot(replica: Replica) -> str:
+        """A document saved whole (base64), kept while it does not change: peers that join
+        together (a notebook opened by many) cost one save."""
+        cached = replica.cache.get("snapshot")
+        if cached is None or cached[0] != replica.version:
+            cached = replica.cache["snapshot"] = (replica.version,
+                                                  base64.b64encode(replica.save()).decode())
+        return cached[1]
 
     def remove_peer(self, peer: Peer) -> None:
         if peer in self.peers:

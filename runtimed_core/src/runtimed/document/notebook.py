@@ -220,10 +220,11 @@ def read_cell(replica: Replica, cell_id: str, cell: bytes | None = None,
     # (a cell run 1,000 times: ~1.8 ms, against ~40 us for these gets).
     cell = cell if cell is not None else _cell_obj(replica, cell_id)
     text, meta = replica.get_obj(cell, "source"), replica.get_obj(cell, "metadata")
-    attachments = replica.get(cell, "attachments")
+    cell_type = replica.get(cell, "cell_type") or "code"
+    attachments = replica.get(cell, "attachments") if cell_type != "code" else None
     return CellData(
         id=cell_id,
-        cell_type=replica.get(cell, "cell_type") or "code",
+        cell_type=cell_type,
         position=position if position is not None else replica.get(cell, "position") or "",
         source=replica.text(text) if text is not None else "",
         execution_count=replica.get(cell, "execution_count"),

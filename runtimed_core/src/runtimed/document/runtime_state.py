@@ -375,11 +375,20 @@ def read_execution(replica: Replica, execution_id: str) -> dict[str, Any] | None
     return result
 
 
-def read_saved_outputs(replica: Replica, cell_id: str) -> list[dict[str, Any]] | None:
-    """The outputs a notebook file holds for ``cell_id`` (it has not run since), if any."""
-    saved = replica.get_obj(ROOT, "saved_outputs")
+def read_saved_outputs(replica: Replica, cell_id: str, saved: bytes | None = None
+                       ) -> list[dict[str, Any]] | None:
+    """The outputs a notebook file holds for ``cell_id`` (it has not run since), if any
+    (``saved``: :func:`saved_outputs_obj`, when reading many cells)."""
+    saved = saved if saved is not None else replica.get_obj(ROOT, "saved_outputs")
     text = replica.get(saved, cell_id) if saved is not None else None
     return json.loads(text) if isinstance(text, str) else None
+
+
+def saved_outputs_obj(replica: Replica) -> bytes | None:
+    """The map of saved outputs, or None when it holds none (most notebooks: nothing to read
+    per cell)."""
+    saved = replica.get_obj(ROOT, "saved_outputs")
+    return saved if saved is not None and replica.length(saved) else None
 
 
 def read_comms(replica: Replica) -> dict[str, dict[str, Any]]:
