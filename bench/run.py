@@ -1911,7 +1911,9 @@ async def main():
         if counts != last:
             last, progress = counts, time.monotonic()
         elif time.monotonic() - progress > 30:
-            raise SystemExit(f"no progress for 30 s: {counts} of {total}")
+            probe = runtimed.AsyncSession(notebook_id, socket_path=socket_path)
+            await probe.connect()
+            raise SystemExit(f"no progress for 30 s: {counts} of {total} (the daemon: {count(probe)})")
         await asyncio.sleep(0.01)
     ids = [notebook.cell_ids(s.doc) for s in group]
     sources = sorted(c.source for c in await group[0].get_cells())

@@ -13,7 +13,7 @@ import pytest
 
 from runtimed.document import notebook as nb
 from runtimed.document import runtime_state as rs
-from runtimed.document.replica import ROOT, Replica, SyncState, splice_to
+from runtimed.document.replica import ROOT, Replica, SyncState, splice_to, sync_message_heads
 from runtimed.errors import CellNotFound, InvalidRequest
 
 
@@ -421,6 +421,38 @@ def test_has_heads(pair):
     assert daemon.has_heads(client_heads)
     assert daemon.has_heads(middle)
     assert not daemon.has_heads([os.urandom(32)])
+
+
+def test_sync_message_heads_are_the_senders_heads(pair):
+    daemon, client, link = pair
+    nb.add_cell(daemon, "a")
+    nb.add_cell(client, "b")  # concurrent: after a sync, two heads
+    link.sync()
+    assert len(daemon.heads) == 2
+    message = daemon.generate(SyncState())
+    assert sorted(sync_message_heads(message)) == sorted(daemon.heads)
+    assert sync_message_heads(memoryview(message)) == sync_message_heads(message)
+    assert sync_message_heads(b"") is None and sync_message_heads(b"\x00junk") is None
+
+
+def test_cell_order_stays_right_as_cells_arrive_and_go(pair):
+    """The order is cached and refreshed by putting new cells in and taking gone ones out;
+    it must always be what a replica that reads every position from scratch says."""
+    daemon, client, link = pair
+    for i in range(5):
+        nb.add_cell(daemon, f"d{i}")
+    link.sync()
+    first = nb.cell_ids(client)[0]
+    nb.add_cell(client, "front", index=0)
+    for i in range(3):  # concurrent appends on both sides
+        nb.add_cell(daemon, f"d-more{i}")
+        nb.add_cell(client, f"c-more{i}", index=2)
+    nb.delete_cell(daemon, first)
+    link.sync()
+    fresh = Replica.load(client.save())  # no cache: every position read
+    assert nb.cell_ids(client) == nb.cell_ids(fresh) == nb.cell_ids(daemon)
+    assert sources(client) == sources(fresh)
+    assert first not in nb.cell_ids(client) and len(nb.cell_ids(client)) == 5 + 1 + 6 - 1
 
 
 def test_version_moves_with_heads(pair):

@@ -45,7 +45,7 @@ ACK_DELAY = 0.05
 #: Scheduled flushes wait as long after the last one as it took, times one per this many
 #: peers (at most MAX_QUIET seconds): with many peers editing at once, each one gets fewer,
 #: larger messages, and the daemon's loop stays free for the rest.
-PEERS_PER_FLUSH = 4
+PEERS_PER_FLUSH = 2
 MAX_QUIET = 0.2
 #: How long a peer's reply to notebook changes may take before the next ones go out anyway.
 REPLY_WAIT = 0.5

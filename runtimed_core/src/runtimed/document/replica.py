@@ -151,6 +151,26 @@ class Replica:
         return value[1] if isinstance(value, tuple) else self.to_py(obj_id)
 
 
+def sync_message_heads(message: bytes | memoryview) -> list[bytes] | None:
+    """The heads a sync message says its sender has (the message's first field: a type byte,
+    then a LEB128 count of 32-byte hashes), or None if it is not a sync message."""
+    data = bytes(message[:11 + 32 * 64])  # the type, the count, up to 64 heads
+    if not data or data[0] != 0x42:
+        return None
+    count, shift, i = 0, 0, 1
+    while i < len(data):
+        byte = data[i]
+        i += 1
+        count |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    if count > 64:  # more heads than we looked at: enough that they differ from ours
+        return None
+    heads = [data[i + 32 * k:i + 32 * (k + 1)] for k in range(count)]
+    return heads if all(len(h) == 32 for h in heads) else None
+
+
 # helpers for transactions ------------------------------------------------------------------
 def put_json(tx: Transaction, obj: bytes, prop: str | int, value: Any, *, insert: bool = False) -> None:
     """Write a JSON value as nested Automerge maps, lists and scalars (strings stay scalars)."""
