@@ -35,6 +35,17 @@ def kernel_report(session: Any, code: str = REPORT) -> list[str]:
     return result.stdout.split()
 
 
+def test_a_daemon_that_uses_no_conda_env_never_loads_rattler(
+    runtimed_daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    """rattler costs a process ~7 MB for good: the conda pool asks it nothing until an env
+    is built or used (the platform comes from the standard library)."""
+    daemon = runtimed_daemon_factory(pool_sizes={"uv": 0})
+    status = daemon.client().status()
+    assert "conda_available" in status  # the conda pool is there, just empty
+    assert "rattler" not in Path(f"/proc/{daemon.process.pid}/maps").read_text()
+
+
 @pytest.mark.slow
 def test_conda_kernels_through_a_real_daemon(
     runtimed_daemon_factory: Callable[..., DaemonProcess],

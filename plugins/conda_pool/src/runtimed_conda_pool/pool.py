@@ -358,7 +358,23 @@ def _read_bytes(path: Path) -> bytes:
         raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+#: (platform.system(), platform.machine()) -> conda subdir, for the machines conda-forge builds.
+_SUBDIRS = {
+    ("Linux", "x86_64"): "linux-64", ("Linux", "aarch64"): "linux-aarch64",
+    ("Linux", "ppc64le"): "linux-ppc64le", ("Darwin", "x86_64"): "osx-64",
+    ("Darwin", "arm64"): "osx-arm64", ("Windows", "AMD64"): "win-64",
+    ("Windows", "ARM64"): "win-arm64",
+}
+
+
 def _current_platform() -> str:
+    """This machine's conda subdir. rattler knows (``Subdir.current()``), but importing it
+    costs the daemon ~7 MB for good, so it is asked only for a machine not in the table."""
+    import platform
+
+    known = _SUBDIRS.get((platform.system(), platform.machine()))
+    if known is not None:
+        return known
     from rattler.platform import Subdir
 
     return str(Subdir.current())
