@@ -1794,6 +1794,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _release(procs: list[subprocess.Popen[str]], timeout: float) -> None:
+    """Tell each child process to finish (a line on its stdin, then EOF) and wait for it;
+    one still running after ``timeout`` seconds is killed."""
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.stdin.write("done\n")  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _concurrent_loops(argvs: list[list[str]], seconds: float, watch_pid: int | None,
                       settle: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Start one client process per argv, wait until all are ready (then ``settle()``), let them
@@ -1825,15 +1839,7 @@ def _concurrent_loops(argvs: list[list[str]], seconds: float, watch_pid: int | N
             out["daemon_cpu_per_exec"] = cpu / total if total else None
         return out
     finally:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                proc.stdin.write("done\n")
-                proc.stdin.close()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _release(procs, 30)
 
 
 def scenario_scale(b: Bench) -> dict[str, Any]:
@@ -2021,15 +2027,7 @@ def _converge(b: Bench, daemon: Any, child: Path, mode: str, procs: int, per_pro
                     raise RuntimeError(f"a client process failed (exit {c.poll()})")
         out["daemon_cpu_secs"] = cpu_seconds(daemon.process.pid) - cpu0
     finally:
-        for c in children:
-            with contextlib.suppress(Exception):
-                c.stdin.write("bye\n")
-                c.stdin.close()
-        for c in children:
-            try:
-                c.wait(60)
-            except subprocess.TimeoutExpired:
-                c.kill()
+        _release(children, 60)
     reports = [json.loads(f.read_text()) for f in files]
     expected = sorted(f"# cell {p}-{j}-{i}" for p in range(procs) for j in range(per_proc)
                       for i in range(cells))
