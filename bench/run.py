@@ -1970,8 +1970,9 @@ def _apply_floor(saved: bytes, batch: int) -> float:
     return spent
 
 
-#: Client processes, sessions in each, cells each session adds.
-CONVERGENCE_SIZES = {"quick": (5, 4, 25), "full": (5, 10, 100)}
+#: Client processes, sessions in each, cells each session adds (per mode: interleaved, where
+#: every edit is its own sync round, takes minutes at the full size: it adds 30 each).
+CONVERGENCE_SIZES = {"quick": (5, 4, 25), "full": (5, 10, 100), "full-interleaved": (5, 10, 30)}
 
 
 def scenario_convergence(b: Bench) -> dict[str, Any]:
@@ -1981,10 +1982,10 @@ def scenario_convergence(b: Bench) -> dict[str, Any]:
     so sessions x one replica's apply time / cores. Twice: each session adds its cells at
     once (a script's loop of AsyncSession.create_cell never waits), and interleaved with the
     sync traffic (as a Session's calls are, each a round trip to its loop thread)."""
-    procs, per_proc, cells = CONVERGENCE_SIZES["quick" if b.quick else "full"]
-    sessions = procs * per_proc
-    res: dict[str, Any] = {"processes": procs, "sessions": sessions, "cells_each": cells,
-                           "cells": sessions * cells, "cores": os.cpu_count(),
+    sizes = {mode: CONVERGENCE_SIZES["quick" if b.quick else
+                                     "full-interleaved" if mode == "interleaved" else "full"]
+             for mode in CONVERGENCE_MODES}
+    res: dict[str, Any] = {"sizes": sizes, "cores": os.cpu_count(),
                            "modes": list(CONVERGENCE_MODES)}
     res["jupyter_client"] = {"note": "n/a: jupyter_client has no shared notebook document"}
     child = b.root / "converge.py"
@@ -1992,7 +1993,7 @@ def scenario_convergence(b: Bench) -> dict[str, Any]:
     with Side(res, "runtimed", b) as out:
         for mode in CONVERGENCE_MODES:
             with b.daemon(f"converge-{mode}", uv_pool_size=0) as daemon:
-                out[mode] = _converge(b, daemon, child, mode, procs, per_proc, cells)
+                out[mode] = _converge(b, daemon, child, mode, *sizes[mode])
     return res
 
 
@@ -2004,6 +2005,7 @@ def _converge(b: Bench, daemon: Any, child: Path, mode: str, procs: int, per_pro
               cells: int) -> dict[str, Any]:
     sessions = procs * per_proc
     total = sessions * cells
+    out: dict[str, Any] = {"sessions": sessions, "cells_each": cells}
     notebook_id = f"bench-converge-{uuid.uuid4().hex[:8]}"
     files = [b.root / f"converge-{mode}-{i}.json" for i in range(procs)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -2011,7 +2013,6 @@ def _converge(b: Bench, daemon: Any, child: Path, mode: str, procs: int, per_pro
         [sys.executable, str(child), str(daemon.socket_path), notebook_id, str(i),
          str(per_proc), str(cells), str(total), str(files[i]), mode],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for i in range(procs)]
-    out: dict[str, Any] = {}
     try:
         with watchdog(120, "convergence sessions connect"):
             for c in children:
@@ -2305,9 +2306,10 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             rt_s = _err(r.get("runtimed")) or (
                 f"{conv:.1f} s (local edits {rt['local_edits_secs']:.1f} s; "
                 f"{'nothing lost' if rt['nothing_lost'] and rt['same_order'] else 'CELLS LOST'}); "
-                f"floor {floor:.1f} s = {r['sessions']} x {rt['one_replica_apply_secs']:.2f} s / "
+                f"floor {floor:.1f} s = {rt['sessions']} x {rt['one_replica_apply_secs']:.2f} s / "
                 f"{r['cores']} cores" if conv and floor else "-")
-            add(f"{r['sessions']} sessions x {r['cells_each']} new cells ({mode}) on one notebook, "
+            procs, per_proc, cells = r["sizes"][mode]
+            add(f"{procs * per_proc} sessions x {cells} new cells ({mode}) on one notebook, "
                 "until every session holds all", rt_s, "-",
                 f"{conv / floor:.2f}x floor" if conv and floor else "-", TARGETS["convergence"],
                 None if not (conv and floor) else (rt["nothing_lost"] and rt["same_order"]

@@ -13,7 +13,7 @@ import pytest
 
 from runtimed.document import notebook as nb
 from runtimed.document import runtime_state as rs
-from runtimed.document.replica import ROOT, Replica, SyncState, splice_to, sync_message_heads
+from runtimed.document.replica import ROOT, Replica, SyncState, splice_to
 from runtimed.errors import CellNotFound, InvalidRequest
 
 
@@ -421,18 +421,6 @@ def test_has_heads(pair):
     assert daemon.has_heads(client_heads)
     assert daemon.has_heads(middle)
     assert not daemon.has_heads([os.urandom(32)])
-
-
-def test_sync_message_heads_are_the_senders_heads(pair):
-    daemon, client, link = pair
-    nb.add_cell(daemon, "a")
-    nb.add_cell(client, "b")  # concurrent: after a sync, two heads
-    link.sync()
-    assert len(daemon.heads) == 2
-    message = daemon.generate(SyncState())
-    assert sorted(sync_message_heads(message)) == sorted(daemon.heads)
-    assert sync_message_heads(memoryview(message)) == sync_message_heads(message)
-    assert sync_message_heads(b"") is None and sync_message_heads(b"\x00junk") is None
 
 
 def test_cell_order_stays_right_as_cells_arrive_and_go(pair):

@@ -7,7 +7,6 @@ import base64
 import json
 import logging
 import os
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +20,7 @@ from runtimed.client.events import ExecutionEvent
 from runtimed.client.follow import Follower, StdinHandler, follow
 from runtimed.client.results import Cell, ExecutionResult, Output
 from runtimed.document import notebook
-from runtimed.document.replica import Replica, SyncState, sync_message_heads
+from runtimed.document.replica import Replica, SyncState
 from runtimed.document.runtime_state import (
     model_state, read_comms, read_execution, read_kernel, read_saved_outputs, saved_outputs_obj,
 )
@@ -38,12 +37,6 @@ from runtimed.protocol.messages import BROADCAST, DOC_SYNC, STATE_SYNC, loads, t
 from runtimed.web import open_in_browser
 
 CONNECT_TIMEOUT = 10.0
-#: A session whose notebook heads still differ from the daemon's this long after the last
-#: message starts its side of the sync afresh (see AsyncSession._check_stalled).
-SYNC_STALL = 1.0
-#: Edits made right after others wait for those to be answered, at most this many times as
-#: long as sending those took: syncing edits takes at most a fifth of the session's loop.
-EDIT_PACE = 4
 
 
 log = logging.getLogger("runtimed.client")
@@ -96,19 +89,6 @@ class AsyncSession:
         self._moved: asyncio.Future[None] | None = None
         self._ever_connected = False
         self._reply_scheduled = False
-        #: Edits sent (loop time) and not yet answered by the daemon, and what sending them
-        #: took: the next ones wait (see EDIT_PACE) to go together, as each message costs both
-        #: ends time in proportion to the document's history; a request or the daemon's
-        #: answer sends them at once.
-        self._edits_sent_at: float | None = None
-        self._edits_cost = 0.0
-        self._edits_pending = False
-        self._paced: asyncio.TimerHandle | None = None
-        #: The notebook heads the daemon's last sync message (or welcome) said it has, how many
-        #: such messages came, and the pending stall check.
-        self._daemon_heads: list[bytes] = []
-        self._doc_messages = 0
-        self._stall_check: asyncio.TimerHandle | None = None
         self._progress_listener: Callable[[dict[str, Any]], None] | None = None
         self._progress_seen: tuple[Any, Any] = (None, None)
         self._closed = False
@@ -193,7 +173,6 @@ class AsyncSession:
 
     async def _open(self) -> None:
         self._doc_sync = SyncState()
-        self._edits_sent_at = None
         self._state_sync = SyncState()
         self.state = Replica()  # the daemon's runtime state is authoritative; start clean
         self._retired_states.clear()
@@ -215,7 +194,6 @@ class AsyncSession:
             self._reply_scheduled = True  # start the sync (our edits made while offline included)
             self._send_sync()
             deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT
-            self._daemon_heads = [bytes.fromhex(h) for h in hello["notebook_heads"]]
             await self._wait_heads(self.doc.has_heads, hello["notebook_heads"], deadline)
             await self._wait_heads(self._state_has, hello["state_heads"], deadline)
         except asyncio.TimeoutError:
@@ -238,13 +216,6 @@ class AsyncSession:
     def _on_frame(self, kind: int, body: memoryview) -> None:
         if kind == DOC_SYNC:
             moved = self.doc.receive(self._doc_sync, body)
-            self._daemon_heads = sync_message_heads(body) or []
-            self._doc_messages += 1
-            self._watch_sync()
-            self._edits_sent_at = None
-            if self._paced is not None:  # the daemon answered: what waited goes now
-                self._paced.cancel()
-                self._paced, self._reply_scheduled = None, False
         elif kind == STATE_SYNC:
             moved = self.state.receive(self._state_sync, body)
         elif kind == BROADCAST:
@@ -310,9 +281,6 @@ class AsyncSession:
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # errors: the cell ended
 
     def _on_close(self, exc: BaseException | None) -> None:
-        if self._stall_check is not None:
-            self._stall_check.cancel()
-            self._stall_check = None
         if self._moved is not None and not self._moved.done():
             self._moved.set_result(None)
         welcome = getattr(self, "_welcome", None)
@@ -320,42 +288,11 @@ class AsyncSession:
             reason = self._channel.close_reason if self._channel else None
             welcome.set_exception(reason or DaemonUnavailable("The daemon closed the connection"))
 
-    def _watch_sync(self) -> None:
-        """Check, :data:`SYNC_STALL` from now, that the notebook sync did not stall."""
-        if self._stall_check is None:
-            self._stall_check = asyncio.get_running_loop().call_later(
-                SYNC_STALL, self._check_stalled, self._doc_messages)
-
-    def _check_stalled(self, messages: int) -> None:
-        """Automerge's sync can stall: a change its bloom filter wrongly says the other side
-        has is not sent, and with both sides waiting for an answer to changes in flight,
-        neither sends again until there is a new change. If the heads still differ and no
-        message came since the last check, start this side's sync afresh (one message that
-        says everything this replica has)."""
-        self._stall_check = None
-        if not self._connected() or set(self.doc.heads) == set(self._daemon_heads):
-            return
-        if self._doc_messages == messages:
-            log.debug("%s: notebook sync stalled; starting it afresh", self._notebook_id)
-            self._doc_sync = SyncState()
-            self._reply_scheduled = True
-            self._send_sync()
-        self._watch_sync()
-
     def _sync_frames(self) -> list[bytes]:
         frames = []
-        started = time.perf_counter()
         msg = self.doc.generate(self._doc_sync)
         if msg is not None:
             frames.append(typed(DOC_SYNC, msg))
-            if self._edits_pending:
-                self._edits_sent_at = asyncio.get_running_loop().time()
-                self._edits_cost = time.perf_counter() - started
-                self._watch_sync()
-        self._edits_pending = False
-        if self._paced is not None:
-            self._paced.cancel()
-            self._paced = None
         msg = self.state.generate(self._state_sync)
         if msg is not None:
             frames.append(typed(STATE_SYNC, msg))
@@ -404,16 +341,9 @@ class AsyncSession:
     def _edited(self) -> None:
         """A local edit: sent at the end of this loop iteration (with a request, if one follows;
         edits made while disconnected reach the daemon on reconnect)."""
-        self._edits_pending = True
         if not self._reply_scheduled:
             self._reply_scheduled = True
-            loop = asyncio.get_running_loop()
-            wait = (self._edits_sent_at + EDIT_PACE * self._edits_cost - loop.time()
-                    if self._edits_sent_at is not None else 0)
-            if wait > 0:
-                self._paced = loop.call_later(wait, self._send_sync)
-            else:
-                loop.call_soon(self._send_sync)
+            asyncio.get_running_loop().call_soon(self._send_sync)
 
     # kernel ------------------------------------------------------------------------------------------
     async def start_kernel(self, kernel_type: str = "auto", env_source: str = "auto",

@@ -42,13 +42,6 @@ REQUIRED_HEADS_TIMEOUT = 10.0
 #: How long the acknowledgement of a peer's edit may wait for a daemon change to ride along
 #: (an execution's changes come within a few ms; a plain edit is acknowledged this late).
 ACK_DELAY = 0.05
-#: Scheduled flushes wait as long after the last one as it took, times one per this many
-#: peers (at most MAX_QUIET seconds): with many peers editing at once, each one gets fewer,
-#: larger messages, and the daemon's loop stays free for the rest.
-PEERS_PER_FLUSH = 2
-MAX_QUIET = 0.2
-#: How long a peer's reply to notebook changes may take before the next ones go out anyway.
-REPLY_WAIT = 0.5
 
 
 class Peer:
@@ -62,54 +55,20 @@ class Peer:
         #: acknowledgement may wait (until ``ack_due``) to ride with the next change.
         self.ack_version: int | None = None
         self.ack_due = 0.0
-        #: While notebook changes sent to this peer are unanswered (until this loop time), the
-        #: next ones wait: a peer busy applying gets them in one message, not one per edit
-        #: (each message costs the peer time in proportion to the document's history).
-        self.awaiting_reply_until = 0.0
-        self._sent_version = -1
-        #: Per document: what a generate that gave nothing saw (see :meth:`_generate`).
-        self._idle: dict[int, tuple[int, int]] = {}
 
     def send(self, kind: int, body: bytes) -> None:
         if not self.proto.closed:
             self.proto.send(typed(kind, body))
 
-    def replied(self) -> None:
-        """The peer sent a notebook sync message: it has read what it was sent before."""
-        self.awaiting_reply_until = 0.0
-
-    def reset_state_sync(self) -> None:
-        """The runtime-state document was started afresh: sync it from nothing."""
-        self.state_sync = SyncState()
-        self._idle.pop(STATE_SYNC, None)
-
-    def _generate(self, kind: int, replica: Replica, sync: SyncState) -> bytes | None:
-        # Generating costs time in proportion to the document's history, and gives nothing
-        # again if the document has neither changed nor received a sync message since
-        # (none from this peer, none with changes that wait for others).
-        seen = (replica.version, replica.received)
-        if self._idle.get(kind) == seen:
-            return None
-        msg = replica.generate(sync)
-        if msg is None:
-            self._idle[kind] = seen
-        return msg
-
     def sync_frames(self, doc: Replica, state: Replica, now: float) -> list[bytes]:
         """The sync messages this peer needs now, as frame payloads."""
         frames = []
-        acking = self.ack_version == doc.version  # only the peer's own edit is new
-        if self.awaiting_reply_until and now >= self.awaiting_reply_until:
-            self.awaiting_reply_until = 0.0  # no reply came: send what is new anyway
-        if (not acking or now >= self.ack_due) and not self.awaiting_reply_until:
+        if self.ack_version != doc.version or now >= self.ack_due:
             self.ack_version = None
-            msg = self._generate(DOC_SYNC, doc, self.doc_sync)
+            msg = doc.generate(self.doc_sync)
             if msg is not None:
                 frames.append(typed(DOC_SYNC, msg))
-                if not acking and doc.version != self._sent_version:  # it carries changes
-                    self.awaiting_reply_until = now + REPLY_WAIT
-                self._sent_version = doc.version
-        msg = self._generate(STATE_SYNC, state, self.state_sync)
+        msg = state.generate(self.state_sync)
         if msg is not None:
             frames.append(typed(STATE_SYNC, msg))
         return frames
@@ -142,8 +101,6 @@ class Room:
         self.kernel = RoomKernel(self, provisioner, sinks)
         self._flush_handle: asyncio.Handle | None = None
         self._flush_due = 0.0
-        #: No scheduled flush before this (loop time): as long after a flush as it took.
-        self._quiet_until = 0.0
         #: Callbacks run once at the start of the next flush (batched document writes).
         self._before_flush: list[Callable[[], None]] = []
         self._doc_dirty = False
@@ -232,7 +189,6 @@ class Room:
         return bool(self.peers or self.watchers)
 
     def on_doc_sync(self, peer: Peer, body: memoryview) -> None:
-        peer.replied()
         try:
             changed = self.doc.receive(peer.doc_sync, body)
         except Exception as exc:
@@ -264,38 +220,22 @@ class Room:
         self.schedule_flush(delay)
 
     def schedule_flush(self, delay: float = 0.0) -> None:
-        """Sync peers within ``delay`` seconds (0: on the next loop iteration); calls coalesce.
-
-        A flush waits at least as long after the last one as that one took, so that syncing
-        never takes more than half the loop: when many peers edit at once, their edits go out
-        in fewer, larger messages (each one a peer applies costs time in proportion to the
-        document's history) instead of one round per edit."""
+        """Sync peers within ``delay`` seconds (0: on the next loop iteration); calls coalesce."""
         loop = asyncio.get_running_loop()
-        due = max(loop.time() + delay, self._quiet_until)
+        due = loop.time() + delay
         if self._flush_handle is not None:
             if self._flush_due <= due:
                 return
             self._flush_handle.cancel()
         self._flush_due = due
-        wait = due - loop.time()
-        self._flush_handle = (loop.call_soon(self.flush) if wait <= 0
-                              else loop.call_later(wait, self.flush))
+        self._flush_handle = (loop.call_soon(self.flush) if delay <= 0
+                              else loop.call_later(delay, self.flush))
 
     def flush(self) -> None:
         """Send every peer what it lacks of either document, now."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            self._flush()
-        finally:
-            ended = loop.time()
-            spread = max(1.0, len(self.peers) / PEERS_PER_FLUSH)
-            self._quiet_until = ended + min((ended - started) * spread, MAX_QUIET)
-
-    def _flush(self) -> None:
         pending, self._before_flush = self._before_flush, []
         for write in pending:
             write()
@@ -322,8 +262,6 @@ class Room:
                 frames = peer.sync_frames(self.doc, self.state, now)
                 if peer.ack_version is not None:
                     owed.append(peer.ack_due)
-                if peer.awaiting_reply_until:  # whatever is new for it goes out on its reply
-                    owed.append(peer.awaiting_reply_until)
                 if frames:
                     peer.proto.send(*frames)
             except ProtocolError as exc:
@@ -340,7 +278,7 @@ class Room:
         snapshot = base64.b64encode(self.state.save()).decode()
         reset = dumps({"event": "state_reset", "state": snapshot})
         for peer in self.peers:
-            peer.reset_state_sync()
+            peer.state_sync = SyncState()
             peer.send(BROADCAST, reset)
         self._sync_wanted = True
         log.debug("%s: runtime-state document renewed (%d bytes)", self.notebook_id, len(snapshot))

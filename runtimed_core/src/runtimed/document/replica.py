@@ -35,8 +35,6 @@ class Replica:
     def __init__(self, doc: am.Document | None = None, *, actor: bytes | None = None) -> None:
         self.doc = doc if doc is not None else am.Document(actor_id=actor)
         self.version = 0
-        #: Sync messages received (each may change what the next one generated says).
-        self.received = 0
         self._heads: list[bytes] = self.doc.get_heads()
         self._known: set[bytes] | None = None  # built on the first has_heads() that needs it
         #: Derived data (e.g. cell order) that schema modules cache against :attr:`version`.
@@ -71,7 +69,6 @@ class Replica:
 
     def receive(self, state: am.SyncState, message: bytes) -> bool:
         """Apply a peer's sync message; return True if the document changed."""
-        self.received += 1
         self.doc.receive_sync_message(state, am.Message.decode(bytes(message)))
         return self._moved()
 
@@ -149,26 +146,6 @@ class Replica:
     def _plain(self, entry: tuple[Any, bytes]) -> Any:
         value, obj_id = entry
         return value[1] if isinstance(value, tuple) else self.to_py(obj_id)
-
-
-def sync_message_heads(message: bytes | memoryview) -> list[bytes] | None:
-    """The heads a sync message says its sender has (the message's first field: a type byte,
-    then a LEB128 count of 32-byte hashes), or None if it is not a sync message."""
-    data = bytes(message[:11 + 32 * 64])  # the type, the count, up to 64 heads
-    if not data or data[0] != 0x42:
-        return None
-    count, shift, i = 0, 0, 1
-    while i < len(data):
-        byte = data[i]
-        i += 1
-        count |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    if count > 64:  # more heads than we looked at: enough that they differ from ours
-        return None
-    heads = [data[i + 32 * k:i + 32 * (k + 1)] for k in range(count)]
-    return heads if all(len(h) == 32 for h in heads) else None
 
 
 # helpers for transactions ------------------------------------------------------------------
