@@ -22,7 +22,7 @@ from runtimed.daemon.plugin_sinks import PluginSinks
 from runtimed.daemon.provisioning import Lease
 from runtimed.document.replica import Replica
 from runtimed.document.runtime_state import RuntimeStateWriter, read_execution, read_kernel
-from runtimed.errors import KernelDied
+from runtimed.errors import KernelDied, KernelLaunchFailed
 from runtimed.kernel_handles import Deliver, KernelChannels, KernelHandle
 from runtimed.launchers import KernelLauncher
 from runtimed.sinks import ExecutionContext, OutputSink
@@ -453,3 +453,52 @@ def test_code_another_client_runs_in_the_kernel_is_recorded(tmp_path):
         await runner.shutdown()
 
     _run(scenario())
+
+
+class PortTakenHandle(FakeHandle):
+    """A kernel that died binding a port another process took first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.die(1)
+
+    def log_tail(self) -> str:
+        return "zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:34977')"
+
+
+class PortRaceLauncher(FakeLauncher):
+    """Hands out ``taken`` dead kernels, then a live one; records the ports it was given."""
+
+    def __init__(self, taken: int) -> None:
+        super().__init__(DaemonConfig())
+        self.taken = taken
+        self.ports: list[int] = []
+
+    async def launch(self, ctx):
+        self.ports.append(ctx.connection_info["shell_port"])
+        if len(self.ports) <= self.taken:
+            return PortTakenHandle()
+        return FakeHandle()
+
+
+@pytest.mark.parametrize("taken", [1, 2])
+def test_a_kernel_whose_port_was_taken_starts_again_with_fresh_ports(tmp_path, taken):
+    async def main():
+        launcher = PortRaceLauncher(taken)
+        kernel = await Kernel.launch(launcher, kernel_type="fake", kernel_name=None,
+                                     runtime_dir=tmp_path, notebook_id="nb", cwd=tmp_path, env=None)
+        assert len(launcher.ports) == taken + 1 and len(set(launcher.ports)) == taken + 1
+        await kernel.kill()
+
+    _run(main())
+
+
+def test_a_kernel_whose_ports_keep_being_taken_fails_clearly(tmp_path):
+    async def main():
+        launcher = PortRaceLauncher(taken=10)
+        with pytest.raises(KernelLaunchFailed, match="Address already in use"):
+            await Kernel.launch(launcher, kernel_type="fake", kernel_name=None,
+                                runtime_dir=tmp_path, notebook_id="nb", cwd=tmp_path, env=None)
+        assert len(launcher.ports) == 3  # the first try and two more
+
+    _run(main())

@@ -32,6 +32,9 @@ from runtimed.protocol.jupyter import JupyterCodec, write_connection_file
 
 log = logging.getLogger(__name__)
 
+#: How many times a kernel whose port was taken before it bound it is started again.
+PORT_RETRIES = 2
+
 READY_TIMEOUT = 60.0
 #: The answer to an ``input_request`` that makes ``input()`` raise EOFError (as Ctrl-D does).
 EOF = "\x04"
@@ -201,7 +204,27 @@ class Kernel:
     async def launch(cls, launcher: KernelLauncher, *, kernel_type: str, kernel_name: str | None,
                      runtime_dir: Path, notebook_id: str, cwd: Path,
                      env: PreparedEnv | None) -> Kernel:
-        """Start a kernel with ``launcher``; return once it answers and IOPub is flowing."""
+        """Start a kernel with ``launcher``; return once it answers and IOPub is flowing.
+
+        The ports in a connection file are free when chosen, but another process can take
+        one before the kernel binds it (many kernels starting at once): a kernel that dies
+        of that is started again with fresh ports, up to :data:`PORT_RETRIES` times."""
+        for attempt in range(PORT_RETRIES + 1):
+            try:
+                return await cls._launch_once(launcher, kernel_type=kernel_type,
+                                              kernel_name=kernel_name, runtime_dir=runtime_dir,
+                                              notebook_id=notebook_id, cwd=cwd, env=env)
+            except KernelLaunchFailed as exc:
+                if attempt == PORT_RETRIES or "Address already in use" not in str(exc):
+                    raise
+                log.info("%s: a %s kernel's port was taken before it bound it; starting it "
+                         "again with fresh ports", notebook_id, kernel_type)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    async def _launch_once(cls, launcher: KernelLauncher, *, kernel_type: str,
+                           kernel_name: str | None, runtime_dir: Path, notebook_id: str,
+                           cwd: Path, env: PreparedEnv | None) -> Kernel:
         fd, conn = tempfile.mkstemp(prefix="kernel-", suffix=".json", dir=runtime_dir)
         os.close(fd)
         connection_file = Path(conn)
