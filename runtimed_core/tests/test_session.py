@@ -321,4 +321,3 @@ def test_runtime_state_is_renewed_without_losing_anything(runtimed_daemon_factor
     assert a.kernel_status()["lifecycle"] == "running"
     for s in (a, b, late):
         s.close()
-
