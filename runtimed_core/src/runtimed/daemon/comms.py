@@ -28,14 +28,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtimed.daemon.host import RoomHost
 from runtimed.daemon.outputs import PROGRESS_DELAY
-from runtimed.document.runtime_state import CommWrite
+from runtimed.document.runtime_state import CommWrite, to_json
 from runtimed.errors import CommNotFound
 from runtimed.outputs import output_from_message
 
@@ -53,25 +52,6 @@ _MEDIA = {"ImageModel": "image", "VideoModel": "video", "AudioModel": "audio"}
 
 #: Sends a ``comm_msg`` with this content to the kernel's shell channel; returns its msg_id.
 SendToKernel = Callable[[dict[str, Any]], str]
-
-
-def to_json(value: Any) -> str:
-    """A state value as JSON text; NaN and infinities become null (as ``JSON.stringify`` does:
-    the pages parse this)."""
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        return json.dumps(_finite(value), allow_nan=False, separators=(",", ":"))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _valid_path(path: Any) -> bool:

@@ -146,8 +146,7 @@ class KernelRunner:
 
     async def restart(self) -> None:
         """Replace the kernel; queued and running cells fail, its comms close."""
-        self.fail_all("Kernel restarted", "restarted")
-        self.comms.clear()
+        self.kernel_gone("Kernel restarted", "restarted")
         if self._watcher is not None:
             self._watcher.cancel()
         host = self.host
@@ -170,8 +169,7 @@ class KernelRunner:
 
     async def shutdown(self) -> None:
         """Stop the kernel for good and hand the environment back."""
-        self.fail_all("Kernel shut down", "shutdown")
-        self.comms.clear()
+        self.kernel_gone("Kernel shut down", "shutdown")
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -190,8 +188,7 @@ class KernelRunner:
         log.warning("%s: %s", self.host.notebook_id, reason)
         self.dead_reason = reason
         await kernel.kill()
-        self.fail_all(reason, "kernel_died")
-        self.comms.clear()
+        self.kernel_gone(reason, "kernel_died")
         self.host.writer.set_kernel(lifecycle="error", activity=None, error=reason,
                                     connection_file=None)
         self.host.schedule_flush()
@@ -307,7 +304,13 @@ class KernelRunner:
                          kernel=None if busy else {"activity": "idle"})
             self.host.flush()
 
-    def fail_all(self, reason: str, failure: str) -> None:
+    def kernel_gone(self, reason: str, failure: str) -> None:
+        """The kernel is going (restart, shutdown, death): what runs and what waits fails
+        (``failure`` says why, see :meth:`_finish`), and its comms close."""
+        self._fail_all(reason, failure)
+        self.comms.clear()
+
+    def _fail_all(self, reason: str, failure: str) -> None:
         for ex in self._external.values():
             self._finish(ex, status="error", error=reason, failure=failure)
         self._external.clear()

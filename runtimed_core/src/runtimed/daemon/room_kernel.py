@@ -145,7 +145,7 @@ class RoomKernel:
         lease = await self.provisioner.provision(plan, request, progress)
         old, self.runner = self.runner, None
         if old is not None:
-            old.fail_all("Kernel restarted in a new environment", "restarted")
+            old.kernel_gone("Kernel restarted in a new environment", "restarted")
             await old.shutdown()
         runner = KernelRunner(self.host, lease, sinks=self.sinks, restart=self._restart,
                               release=self.provisioner.release)
@@ -187,8 +187,7 @@ class RoomKernel:
                 await asyncio.shield(self._starting)
         runner, self.runner = self.runner, None
         if runner is not None:
-            runner.fail_all("Kernel shut down", "shutdown")  # now, before this returns
-            runner.comms.clear()
+            runner.kernel_gone("Kernel shut down", "shutdown")  # now, before this returns
             stopping = asyncio.ensure_future(runner.shutdown())
             self._stopping.add(stopping)
             stopping.add_done_callback(self._stopping.discard)

@@ -59,6 +59,7 @@ class RoomView:
         self.widgets: dict[str, str] = {}
         self._live: dict[str, str] | None = None
         self._saved: dict[str, str] = {}
+        self._saved_version = -1
         self.pages = 0
         self._seen: tuple[int, int] = (-1, -1)
         self._doc_version = -1
@@ -75,8 +76,6 @@ class RoomView:
         dirty = room.writer.take_dirty()  # executions (and saved outputs) written since
         if doc.version != self._doc_version:
             self._doc_version = doc.version
-            self._saved = {mid: json.dumps(model) for mid, model in
-                           view.saved_widget_views(notebook.get_metadata(doc)).items()}
             self._cell_data = notebook.read_cells(doc)
             self.order = [c.id for c in self._cell_data]
             for gone in set(self.cells) - set(self.order):
@@ -107,7 +106,15 @@ class RoomView:
                     self._live[key[5:]] = json.dumps(view.widget_view(comm, _blob_url))
                 else:
                     self._live.pop(key[5:], None)
-        self.widgets = self._live or self._saved
+        if self._live:
+            self.widgets = self._live
+            return
+        doc = self.room.doc  # no live models: those the notebook's metadata saved
+        if self._saved_version != doc.version:
+            self._saved_version = doc.version
+            self._saved = {mid: json.dumps(model) for mid, model in
+                           view.saved_widget_views(notebook.get_metadata(doc)).items()}
+        self.widgets = self._saved
 
 
 def _blob_url(sha: str) -> str:

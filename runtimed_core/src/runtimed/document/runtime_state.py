@@ -42,6 +42,7 @@ every client the new document whole (the ``state_reset`` broadcast).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,25 @@ class CommWrite:
     #: Buffer paths (JSON text) -> blob reference (JSON text; None: the buffer is gone).
     buffers: dict[str, str | None] = field(default_factory=dict)
     closed: bool = False
+
+
+def to_json(value: Any) -> str:
+    """A comm's state value as the document keeps it: compact JSON text, NaN and infinities
+    as null (as ``JSON.stringify`` does: the pages parse this)."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False, separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _put_scalar(tx: Any, obj: bytes, key: str, value: Any) -> None:
@@ -135,8 +155,7 @@ class RuntimeStateWriter:
             for comm_id, objs in self._comm_objs.items():
                 record = old.to_py(objs["comm"])
                 fields, state = _fields_and_state(record)
-                opened = json.dumps({**fields, "state": state}, allow_nan=False, separators=(",", ":"))
-                new._put_comm(tx, comm_id, opened)
+                new._put_comm(tx, comm_id, to_json({**fields, "state": state}))
                 new._put_changes(tx, comm_id, "buffers", record.get("buffers") or {})
         new._queued = list(self._queued)
         new._saved = set(self._saved)
